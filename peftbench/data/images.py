@@ -1,0 +1,177 @@
+"""Decode each image once, keep it as uint8, and turn index batches into model inputs on the device.
+
+A split is stored as one ``N×H×W×3`` uint8 array: at native size when every image of the
+split has the same size and that is no larger than the model's input (small VTAB images such
+as 32×32 CIFAR), otherwise resized once with PIL to the input size (exactly the reference
+pipeline). The array lives in a cache file keyed by the list and the images' bytes, so a
+second process (or the next sweep) skips decoding and memory-maps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .splits import Entry
+
+CACHE_VERSION = 1
+_PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+               "lanczos": Image.LANCZOS}
+
+
+@dataclass
+class SplitData:
+    images: np.ndarray  # uint8, N×H×W×3 (possibly memory-mapped)
+    labels: np.ndarray  # int64, N
+    checksum: str  # of the list and every image's bytes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("PEFTBENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "peftbench")
+    return Path(base)
+
+
+def _digest(path: Path) -> tuple[str, bytes]:
+    data = path.read_bytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest(), data
+
+
+def _decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # composite transparency onto black rather than exposing undefined colour values
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation: str, where: str,
+               cache_dir: Path | None = None, advance: Callable[[int], None] | None = None,
+               threads: int | None = None) -> SplitData:
+    """Decode (or load from cache) the images of one split; ``where`` names its list file in errors."""
+    if not entries:
+        raise DataError(f"{where}: no images")
+    threads = threads or min(16, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(threads) as pool:
+        digests = list(pool.map(lambda e: _digest(e.path)[0], entries))
+    key_src = json.dumps({"v": CACHE_VERSION, "target": list(target), "interp": interpolation,
+                          "items": [[e.rel, e.label, d] for e, d in zip(entries, digests)]})
+    checksum = hashlib.sha256(key_src.encode()).hexdigest()
+    labels = np.asarray([e.label for e in entries], dtype=np.int64)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    img_file = cache_dir / f"{checksum[:32]}.u8.npy"
+    if img_file.is_file():
+        try:
+            images = np.load(img_file, mmap_mode="r")
+            if images.shape[0] == len(entries) and images.dtype == np.uint8:
+                if advance:
+                    advance(len(entries))
+                return SplitData(images=images, labels=labels, checksum=checksum)
+        except (ValueError, OSError):
+            pass  # a damaged cache file is rebuilt below
+    problems: list[str] = []
+
+    def size_of(e: Entry) -> tuple[int, int] | None:
+        try:
+            with Image.open(e.path) as img:
+                return img.size[1], img.size[0]
+        except (UnidentifiedImageError, OSError) as exc:
+            problems.append(f"{where}:{e.line}: cannot decode image {e.rel} ({type(exc).__name__})")
+            return None
+
+    with ThreadPoolExecutor(threads) as pool:
+        sizes = list(pool.map(size_of, entries))
+    if problems:
+        raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
+    distinct = set(sizes)
+    native = distinct.pop() if len(distinct) == 1 else None
+    if native is not None and native[0] * native[1] <= target[0] * target[1]:
+        out_hw = native
+    else:
+        out_hw = target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = img_file.with_name(f"{img_file.name}.{os.getpid()}.tmp")
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), *out_hw, 3))
+    resample = _PIL_INTERP.get(interpolation, Image.BICUBIC)
+
+    def decode_into(i: int) -> None:
+        e = entries[i]
+        try:
+            img = _decode(e.path.read_bytes())
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            problems.append(f"{where}:{e.line}: cannot decode image {e.rel} ({type(exc).__name__})")
+            return
+        if (img.height, img.width) != out_hw:
+            img = img.resize((out_hw[1], out_hw[0]), resample=resample)
+        images[i] = np.asarray(img, dtype=np.uint8)
+        if advance:
+            advance(1)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(decode_into, range(len(entries))))
+        if problems:
+            raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
+        images.flush()
+        del images
+        os.replace(tmp, img_file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return SplitData(images=np.load(img_file, mmap_mode="r"), labels=labels, checksum=checksum)
+
+
+class Batches:
+    """Index batches of a split as normalised float tensors on ``device`` (resize done there too)."""
+
+    def __init__(self, data: SplitData, target: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 interpolation: str, device: torch.device, pin: bool | None = None):
+        self.data = data
+        self.target = target
+        self.device = device
+        self.interpolation = interpolation if interpolation in ("bicubic", "bilinear", "nearest") else "bicubic"
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self.pin = device.type == "cuda" if pin is None else pin
+        self.labels = torch.from_numpy(np.ascontiguousarray(data.labels))
+
+    def to_input(self, uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        x = uint8_nhwc.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != self.target:
+            x = F.interpolate(x, size=self.target, mode=self.interpolation, antialias=self.interpolation != "nearest",
+                              align_corners=False if self.interpolation != "nearest" else None)
+            x = x.clamp_(0.0, 255.0)  # as PIL's rounding to uint8 would
+        return (x - self.mean) / self.std
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs = torch.from_numpy(np.ascontiguousarray(self.data.images[idx]))
+        labels = self.labels[idx]
+        if self.pin:
+            imgs, labels = imgs.pin_memory(), labels.pin_memory()
+        return self.to_input(imgs), labels.to(self.device, non_blocking=True)
+
+    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            yield self.batch(order[start:start + batch_size])

@@ -1,0 +1,80 @@
+"""Task tables: the 19 VTAB-1k tasks (facts from the VTAB-1k reference table) and suites."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+from ..registry import did_you_mean
+
+GROUPS = ("natural", "specialized", "structured")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    num_classes: int
+    group: str
+    test_size: int
+    native_resolution: str
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def folder_names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+def _t(name, classes, group, test, native, *aliases) -> TaskSpec:
+    return TaskSpec(name, classes, group, test, native, tuple(aliases))
+
+
+# VTAB order (natural, specialized, structured) as in the papers' tables.
+VTAB1K: tuple[TaskSpec, ...] = (
+    _t("cifar100", 100, "natural", 10_000, "32x32", "cifar"),
+    _t("caltech101", 102, "natural", 6_084, "variable"),
+    _t("dtd", 47, "natural", 1_880, "variable"),
+    _t("oxford_flowers102", 102, "natural", 6_149, "variable"),
+    _t("oxford_pet", 37, "natural", 3_669, "variable", "oxford_iiit_pet"),
+    _t("svhn", 10, "natural", 26_032, "32x32"),
+    _t("sun397", 397, "natural", 21_750, "variable"),
+    _t("patch_camelyon", 2, "specialized", 32_768, "96x96"),
+    _t("eurosat", 10, "specialized", 5_400, "64x64"),
+    _t("resisc45", 45, "specialized", 6_300, "256x256"),
+    _t("diabetic_retinopathy", 5, "specialized", 42_670, "variable",
+       "diabetic_retinopathy_detection"),
+    _t("clevr_count", 8, "structured", 15_000, "480x320"),
+    _t("clevr_dist", 6, "structured", 15_000, "480x320"),
+    _t("dmlab", 6, "structured", 22_735, "360x480"),
+    _t("kitti", 4, "structured", 711, "variable"),
+    _t("dsprites_loc", 16, "structured", 73_728, "64x64"),
+    _t("dsprites_ori", 16, "structured", 73_728, "64x64"),
+    _t("smallnorb_azi", 18, "structured", 12_150, "96x96"),
+    _t("smallnorb_ele", 9, "structured", 12_150, "96x96"),
+)
+
+SUITES: dict[str, tuple[TaskSpec, ...]] = {"vtab1k": VTAB1K}
+
+
+def register_suite(name: str, tasks: tuple[TaskSpec, ...]) -> None:
+    SUITES[name] = tasks
+
+
+def suite_tasks(suite: str) -> tuple[TaskSpec, ...]:
+    if suite not in SUITES:
+        raise UsageError(f"unknown suite '{suite}'" + did_you_mean(suite, sorted(SUITES)))
+    return SUITES[suite]
+
+
+def resolve_tasks(spec: str, suite: str = "vtab1k") -> list[TaskSpec]:
+    """'all' or a comma list of canonical names or aliases -> task specs, in suite order."""
+    table = suite_tasks(suite)
+    if spec.strip() in ("", "all"):
+        return list(table)
+    by_name = {alias: t for t in table for alias in t.folder_names}
+    out: list[TaskSpec] = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        if name not in by_name:
+            raise UsageError(f"unknown task '{name}' in suite '{suite}'" + did_you_mean(name, sorted(by_name)))
+        if by_name[name] not in out:
+            out.append(by_name[name])
+    return out

@@ -1,0 +1,21 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class PeftbenchError(Exception):
+    """A user-facing error: its message is the whole story (no traceback is shown)."""
+
+    exit_code = 2
+
+
+class UsageError(PeftbenchError):
+    """Bad names or options on the command line or in a suite file."""
+
+
+class DataError(PeftbenchError):
+    """A data folder that fails the pre-flight check; the message lists every problem."""
+
+
+class CheckpointError(PeftbenchError):
+    """Weights that cannot be read or do not fit the backbone."""

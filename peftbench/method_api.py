@@ -1,0 +1,84 @@
+"""What a method's build function receives besides the backbone, and the hooks it may offer.
+
+A build function ``build(backbone, num_classes, cfg, ctx) -> nn.Module`` returns a module
+mapping normalised images to logits, with ``requires_grad`` set on exactly what it trains.
+The returned module may define these optional hooks (the shared loop calls them if present
+and never branches on a method's name):
+
+- ``get_classifier()`` -> the classifier module (counted separately as head parameters);
+- ``aux_loss()`` -> a scalar tensor or None, read after each training forward;
+- ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
+- ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
+- ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
+  on features that do not change during training, the loop may compute them once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from .backbone import Preprocess
+from .data.images import Batches
+from .data.tasks import TaskSpec
+
+
+@dataclass
+class BuildContext:
+    """Facts and services for a method's build step (data-dependent preparation included)."""
+
+    preprocess: Preprocess
+    device: torch.device
+    seed: int = 0
+    task: TaskSpec | None = None
+    backbone_checksum: str = ""
+    cache_dir: Path | None = None
+    # the training split with the evaluation transform, in file order (None: no data, e.g. `inspect`)
+    train_batches: Batches | None = None
+    # facts the method wants in the run record (selected layers, thresholds, ...)
+    info: dict = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    phase_times: dict[str, float] = field(default_factory=dict)
+    status: Callable[[str], None] = lambda msg: None
+
+    @property
+    def has_data(self) -> bool:
+        return self.train_batches is not None
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a named preparation phase (shown in the progress output, recorded in the run)."""
+        self.status(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_times[name] = self.phase_times.get(name, 0.0) + time.perf_counter() - start
+
+
+class FrozenBackboneModel(nn.Module):
+    """Base for methods that keep the pre-trained ViT frozen and in eval mode while training.
+
+    Keeping the backbone in eval mode (no dropout, no drop-path in frozen blocks) is what the
+    official VPT and SHIP code do; ``backbone_train_mode=True`` switches that off.
+    """
+
+    def __init__(self, vit: nn.Module, backbone_train_mode: bool = False):
+        super().__init__()
+        self.vit = vit
+        self.backbone_train_mode = backbone_train_mode
+
+    def train(self, mode: bool = True) -> "FrozenBackboneModel":
+        super().train(mode)
+        if mode and not self.backbone_train_mode:
+            self.vit.eval()
+        return self
+
+    def get_classifier(self) -> nn.Module:
+        return self.vit.get_classifier()

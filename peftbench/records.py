@@ -1,0 +1,147 @@
+"""The result record: one JSON file per run, written atomically; the folder is the database.
+
+Schema (``SCHEMA_VERSION``)::
+
+    run_id, schema, status ("complete" | "diverged" | "oom" | "failed"), reason,
+    method, task, suite, seed, created,
+    config   {train {...}, method {...}}                fully resolved
+    backbone {name, weights, checksum, img_size, interpolation, mean, std}
+    data     {root, folder, checksum, splits {name: size}, train_split, eval_split}
+    metrics  {test_top1 | val_top1, trainable_params, head_params, total_params, gflops,
+              train_img_per_s, infer_img_per_s, peak_mem_bytes, peak_mem_kind, wall_s {phase: s},
+              final_train_loss, epochs_done}
+    method_info {...}                                   what the method chose (e.g. SHIP layers)
+    provenance {versions {...}, git_commit, git_dirty, device, hostname, argv}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+STATUSES = ("complete", "diverged", "oom", "failed")
+REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
+# a run with one of these statuses is not run again by the same command
+FINAL_STATUSES = ("complete", "diverged")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / Infinity are not JSON: store them as null (the status says what happened)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def record_path(out: Path, record: dict) -> Path:
+    return Path(out) / record["method"] / record["task"] / f"seed{record['seed']}-{record['run_id']}.json"
+
+
+def write_record(path: Path, record: dict) -> Path:
+    """Write to a temporary file in the same folder, fsync, rename: a record is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
+    return path
+
+
+def validate(record: Any) -> str | None:
+    """None if the record has the schema's shape, else what is wrong."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        return "missing key(s): " + ", ".join(missing)
+    if record["status"] not in STATUSES:
+        return f"unknown status {record['status']!r}"
+    if not isinstance(record["metrics"], dict) or not isinstance(record["config"], dict):
+        return "metrics and config must be objects"
+    return None
+
+
+def iter_record_files(root: Path) -> Iterable[Path]:
+    return sorted(p for p in Path(root).rglob("*.json") if not p.name.startswith("."))
+
+
+def load_records(root: Path) -> tuple[list[dict], list[str]]:
+    """All valid records under ``root`` and one message per file that is not one (named, skipped)."""
+    records, problems = [], []
+    for path in iter_record_files(root):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{path}: not a readable record ({type(exc).__name__}: {exc})")
+            continue
+        why = validate(rec)
+        if why:
+            problems.append(f"{path}: not a peftbench record ({why})")
+            continue
+        rec["_path"] = str(path)
+        records.append(rec)
+    return records, problems
+
+
+def find_record(root: Path, run_id: str) -> dict | None:
+    """The valid record of a run, if one exists anywhere under ``root``."""
+    for path in Path(root).rglob(f"*-{run_id}.json"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if validate(rec) is None and rec.get("run_id") == run_id:
+            return rec
+    return None
+
+
+def flatten(record: dict) -> dict:
+    """One flat row per run for DataFrames and records.csv."""
+    row = {k: record.get(k) for k in ("run_id", "status", "reason", "method", "task", "suite", "seed")}
+    bb = record.get("backbone", {})
+    row.update({"backbone": bb.get("name"), "weights": bb.get("weights"), "weights_checksum": bb.get("checksum"),
+                "img_size": "x".join(str(s) for s in bb.get("img_size") or [])})
+    train = record.get("config", {}).get("train", {})
+    row.update({"protocol": train.get("protocol"), "epochs": train.get("epochs"),
+                "precision": record.get("metrics", {}).get("precision", train.get("precision"))})
+    for key, val in (record.get("metrics") or {}).items():
+        if key == "wall_s" and isinstance(val, dict):
+            for phase, secs in val.items():
+                row[f"wall_{phase}_s"] = secs
+        else:
+            row[key] = val
+    row["device"] = record.get("provenance", {}).get("device")
+    return row
+
+
+def to_dataframe(records: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame([flatten(r) for r in records])

@@ -1,0 +1,112 @@
+"""The method registry: one decorator, typed entries, helpful errors.
+
+A method is a plain build function registered with :func:`register_method`; third-party
+methods register the same way from a module loaded through the ``peftbench.methods`` entry
+point group or ``--plugin path.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .errors import UsageError
+
+BuildFn = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    build: BuildFn
+    config_cls: type
+    description: str
+
+    def knobs(self) -> list[dict[str, Any]]:
+        """The method's knobs with defaults and help, for `peftbench methods` and the docs."""
+        out = []
+        for f in dataclasses.fields(self.config_cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+        return out
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_builtins_loaded = False
+
+
+def register_method(name: str, *, config: type, description: str) -> Callable[[BuildFn], BuildFn]:
+    """Register ``build(backbone, num_classes, cfg, ctx) -> nn.Module`` under ``name``."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"method {name!r}: config must be a dataclass, got {config!r}")
+
+    def deco(fn: BuildFn) -> BuildFn:
+        if name in _METHODS and _METHODS[name].build is not fn:
+            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].build.__module__})")
+        _METHODS[name] = MethodSpec(name=name, build=fn, config_cls=config, description=description)
+        return fn
+
+    return deco
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    close += [c for c in choices if c.startswith(name) and c not in close]
+    if not close:
+        return ""
+    return "; did you mean " + ", ".join(f"'{c}'" for c in sorted(close)[:3]) + "?"
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    import pkgutil
+
+    import peftbench.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"peftbench.methods.{info.name}")
+    for ep in metadata.entry_points(group="peftbench.methods"):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party plugin must not hide the built-ins
+            print(f"warning: plugin entry point {ep.name!r} failed to load: {exc}", file=sys.stderr)
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a user file that registers methods. This runs the file's code: it is trusted input."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--plugin {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"peftbench_plugin_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"--plugin {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise UsageError(f"--plugin {path}: failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def available_methods() -> list[str]:
+    _load_builtins()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtins()
+    if name not in _METHODS:
+        raise UsageError(f"unknown method '{name}'" + did_you_mean(name, sorted(_METHODS)))
+    return _METHODS[name]
