@@ -182,7 +182,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
         _load_file_into(model, path, trust_checkpoint)
         source = str(path)
     cfg = timm.data.resolve_data_config({}, model=model)
-    _, h, w = cfg["input_size"]
+    h, w = getattr(model.patch_embed, "img_size", None) or cfg["input_size"][1:]
     pre = Preprocess(img_size=(h, w), interpolation=str(cfg.get("interpolation", "bicubic")),
                      mean=tuple(float(m) for m in cfg["mean"]), std=tuple(float(s) for s in cfg["std"]))
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -109,9 +109,8 @@ def read_task_lists(root: Path, task: TaskSpec) -> TaskLists:
                 problems.append(f"{folder}: {split} overlaps the test split ({shown})")
     if problems:
         raise DataError(f"task '{task.name}': {len(problems)} problem(s) in {folder}:\n  " + "\n  ".join(problems))
-    for split, expected in EXPECTED_SIZES.items():
-        if len(splits[split]) != expected:
-            warnings.append(f"{folder / (split + '.txt')}: {len(splits[split])} images (VTAB-1k has {expected})")
-    if len(splits["test"]) != task.test_size:
-        warnings.append(f"{folder / 'test.txt'}: {len(splits['test'])} images (the task table says {task.test_size})")
+    expected = {**EXPECTED_SIZES, "test": task.test_size}
+    odd = [f"{s} {len(splits[s])} (expected {n})" for s, n in expected.items() if len(splits[s]) != n]
+    if odd:
+        warnings.append(f"{folder}: split sizes differ from the task table: {', '.join(odd)}")
     return TaskLists(task=task, folder=folder, splits=splits, warnings=warnings)

@@ -1,0 +1,253 @@
+"""`peftbench` command line: thin argparse + rich over the Python API. ``main(argv)`` runs in-process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import PeftbenchError
+from .registry import load_plugin
+
+
+class RichReporter:
+    """Progress bars for the sweep, the decoding and each run; one kept line per finished run."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        self.sweep_bar = None
+        self.run_bar = None
+        self.run_label = ""
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def sweep(self, total: int) -> None:
+        self.sweep_bar = self.progress.add_task("sweep", total=total)
+
+    def decode(self, label: str, total: int) -> Callable[[int], None]:
+        bar = self.progress.add_task(f"decode {label}", total=total)
+        return lambda n: self.progress.advance(bar, n)
+
+    def run_started(self, label: str, total_steps: int) -> None:
+        if self.run_bar is not None:
+            self.progress.remove_task(self.run_bar)
+        self.run_label = label
+        self.run_bar = self.progress.add_task(f"{label}: build", total=None)
+
+    def run_progress(self, done: int, total: int | None = None, description: str | None = None) -> None:
+        if self.run_bar is None:
+            return
+        kwargs = {"completed": done}
+        if total is not None:
+            kwargs["total"] = total
+        if description is not None:
+            kwargs["description"] = f"{self.run_label}: {description}"
+        self.progress.update(self.run_bar, **kwargs)
+
+    def run_finished(self, label: str, summary: str) -> None:
+        if self.run_bar is not None:
+            self.progress.remove_task(self.run_bar)
+            self.run_bar = None
+        self.console.print(f"{label}: {summary}", markup=False, highlight=False)
+        if self.sweep_bar is not None:
+            self.progress.advance(self.sweep_bar)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peftbench", description="Fair, fast PEFT benchmarks for vision transformers.")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a Python file that registers methods (runs its code: only files you trust)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a sweep: methods x tasks x seeds, one record per run")
+    r.add_argument("--methods", type=_csv, default=None, help="comma list (default: all registered methods)")
+    r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
+    r.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
+    r.add_argument("--suite", default="vtab1k", help="task suite (default vtab1k)")
+    r.add_argument("--suite-file", type=Path, default=None, help="YAML with recipe overrides (default benchmarks/SUITE.yaml)")
+    r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
+    r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
+    _backbone_args(r)
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training key (lr=0.01) or a method knob (vpt_deep.prompt_length=50); repeatable")
+    r.add_argument("--cache-dir", type=Path, default=None, help="decoded-image and method cache (default ~/.cache/peftbench)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    r.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
+
+    sub.add_parser("methods", help="list registered methods and their knobs")
+    t = sub.add_parser("tasks", help="list the tasks of a suite")
+    t.add_argument("--suite", default="vtab1k")
+
+    i = sub.add_parser("inspect", help="parameters and inference GFLOPs of a method, without data")
+    i.add_argument("--method", required=True)
+    _backbone_args(i, weights_default="none")
+    i.add_argument("--num-classes", type=int, default=100)
+    i.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    rep = sub.add_parser("report", help="tables and plots from the records of a runs folder")
+    rep.add_argument("runs_dir", type=Path)
+    rep.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report)")
+    rep.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                     help="show published VTAB-1k accuracies as labelled reference rows")
+    return p
+
+
+def _backbone_args(p: argparse.ArgumentParser, weights_default: str = "pretrained") -> None:
+    from .backbone import DEFAULT_BACKBONE
+
+    p.add_argument("--backbone", default=None, help=f"timm ViT name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", default=weights_default,
+                   help="'pretrained' (timm / Hugging Face cache), 'none' (random init) or a checkpoint file "
+                        "(.npz such as ViT-B_16.npz, .safetensors, .pth, .bin)")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that needs pickled code to load (only for files you trust)")
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .registry import available_methods
+    from .runner import SweepRequest, run_sweep
+
+    req = SweepRequest(methods=args.methods or available_methods(), tasks=args.tasks, seeds=args.seeds,
+                       suite=args.suite, suite_file=args.suite_file, data_root=args.data_root, out=args.out,
+                       backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
+                       cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint)
+    try:
+        with RichReporter(console) as reporter:
+            result = run_sweep(req, reporter)
+    except KeyboardInterrupt:
+        from .records import iter_record_files
+
+        kept = len(list(iter_record_files(args.out))) if args.out.is_dir() else 0
+        console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}; "
+                      "run the same command again to resume", markup=False)
+        return 130
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items())) or "nothing new"
+    console.print(f"done: {counts}; {len(result.skipped)} skipped (already done); records in {args.out}",
+                  markup=False)
+    if not args.no_report:
+        report_dir = args.out / "report"
+        _write_report(args.out, report_dir, True, console)
+    return 0 if set(result.statuses) <= {"complete"} else 1
+
+
+def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) -> None:
+    from .report import write_report
+
+    written = write_report(runs_dir, out, reference=reference)
+    console.print(f"report: {len(written)} file(s) in {out}", markup=False)
+
+
+def _cmd_methods(console: Console) -> int:
+    from .runner import method_table, train_keys
+
+    for m in method_table():
+        console.print(f"[bold]{m['name']}[/bold]  {m['description']}")
+        for k in m["knobs"]:
+            console.print(f"    {m['name']}.{k['name']} = {k['default']!r}  {k['help']}", markup=False)
+    console.print("\n[bold]training keys[/bold] (--set KEY=VALUE, or METHOD.KEY=VALUE for one method)")
+    for k in train_keys():
+        console.print(f"    {k['name']} = {k['default']!r}  {k['help']}", markup=False)
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
+    from .data.tasks import suite_tasks
+
+    table = Table(title=f"suite {args.suite}")
+    for col in ("task", "group", "classes", "test images", "native", "aliases"):
+        table.add_column(col)
+    for t in suite_tasks(args.suite):
+        table.add_row(t.name, t.group, str(t.num_classes), f"{t.test_size:,}", t.native_resolution, ", ".join(t.aliases))
+    console.print(table)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from .backbone import DEFAULT_BACKBONE
+    from .runner import inspect_method
+
+    info = inspect_method(args.method, args.backbone or DEFAULT_BACKBONE, args.weights, args.num_classes,
+                          args.img_size, args.sets, trust_checkpoint=args.trust_checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    console.print(f"{info['method']} on {info['backbone']} (weights: {info['weights']}), {info['num_classes']} classes, "
+                  f"{info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
+    console.print(f"  trainable parameters: {info['trainable_params']:,} (classifier {info['head_params']:,})")
+    console.print(f"  total parameters:     {info['total_params']:,}")
+    console.print(f"  inference GFLOPs:     {info['gflops']:.2f} per image")
+    for note in info["notices"]:
+        console.print(f"  note: {note}", markup=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console(stderr=False, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM behaves like Ctrl-C
+    except ValueError:
+        pass  # not the main thread: leave signals alone
+    try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
+        if args.command == "run":
+            return _cmd_run(args, console)
+        if args.command == "methods":
+            return _cmd_methods(console)
+        if args.command == "tasks":
+            return _cmd_tasks(args, console)
+        if args.command == "inspect":
+            return _cmd_inspect(args, console)
+        if args.command == "report":
+            _write_report(args.runs_dir, args.out or args.runs_dir / "report", args.reference, console)
+            return 0
+        raise AssertionError(args.command)
+    except PeftbenchError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The one training loop every method shares: AdamW, warm-up + cosine, bf16 on CUDA, one test pass."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .data.images import Batches
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: the run ends with status 'diverged' (no batch is skipped)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def effective_precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and prompts; none on biases, norms and what the model exempts."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    if not groups:
+        raise ValueError("the method left no parameter trainable")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up from warmup_lr to lr, then cosine down to min_lr (per step)."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warm
+    progress = (step - warm) / max(1, total - warm)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps_per_epoch, cfg) / cfg.lr)
+
+
+def loss_fn(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+    aux = getattr(model, "aux_loss", None)
+    if aux is not None:
+        extra = aux()
+        if extra is not None:
+            loss = loss + extra
+    return loss
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, autocast: Callable
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One optimiser step on a batch (gradient accumulation splits the batch into micro-batches)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        total = x.new_zeros(())
+        for xs, ys in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)):
+            with autocast():
+                logits = model(xs)
+            loss = loss_fn(model, logits, ys, cfg)
+            (loss * (len(ys) / len(y))).backward()
+            total = total + loss.detach() * (len(ys) / len(y))
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        return total
+
+    return step
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+
+
+def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.device, seed: int,
+          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train for cfg.epochs on ``batches``; the evaluation split is not touched here."""
+    precision = effective_precision(cfg, device)
+    autocast = autocast_factory(precision, device)
+    n = len(batches.data)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    opt = make_optimizer(model, cfg, device)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    step = make_step(model, opt, cfg, autocast)
+    gen = torch.Generator().manual_seed(seed)
+    result = TrainResult(epochs_done=0)
+    total_steps = cfg.epochs * steps_per_epoch
+    done = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch, cfg.epochs)
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for x, y in batches.iterate(cfg.batch_size, shuffle=True, generator=gen):
+            loss = step(x, y)
+            sched.step()
+            loss_sum += loss * len(y)
+            seen += len(y)
+            done += 1
+            if on_step:
+                on_step(done, total_steps)
+        epoch_loss = float(loss_sum) / seen
+        if not math.isfinite(epoch_loss):
+            raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
+        result.losses.append(epoch_loss)
+        result.epochs_done = epoch + 1
+    return result
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Batches, batch_size: int, precision: str, device: torch.device,
+             on_batch: Callable[[int], None] | None = None) -> float:
+    """Top-1 accuracy in percent, one pass over the split."""
+    model.eval()
+    autocast = autocast_factory(precision, device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for x, y in batches.iterate(batch_size):
+        with autocast():
+            logits = model(x)
+        correct += (logits.argmax(dim=-1) == y).sum()
+        if on_batch:
+            on_batch(len(y))
+    return 100.0 * int(correct) / len(batches.data)

@@ -1,0 +1,38 @@
+"""Shared fixtures: generated VTAB-layout folders and tiny timm ViTs, all in temporary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from peftbench.data.synthetic import write_task
+
+SMALL = {"train800": 24, "val200": 8, "test": 16}
+
+
+def tiny_vit(num_classes: int = 5, img_size: int = 32, **kw) -> torch.nn.Module:
+    """A 2-block, width-32 ViT with patch 8: milliseconds per forward on a CPU."""
+    args = dict(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+                num_classes=num_classes)
+    args.update(kw)
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decoded-image cache (never the user's ~/.cache)."""
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def vtab_root(tmp_path: Path) -> Path:
+    """Two VTAB tasks under alias folder names, mixed formats and modes, CRLF lists."""
+    root = tmp_path / "vtab-1k"
+    write_task(root / "cifar", 100, SMALL, seed=1, formats=("png", "jpg"), modes=("RGB", "L", "RGBA", "P"),
+               crlf=True)
+    write_task(root / "eurosat", 10, SMALL, hw=(16, 16), seed=2, formats=("jpg", "png"))
+    return root

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from peftbench.data import images as images_mod
+from peftbench.data.images import Batches, load_split
+from peftbench.data.splits import read_task_lists
+from peftbench.data.synthetic import write_task
+from peftbench.data.tasks import VTAB1K, resolve_tasks
+from peftbench.errors import DataError, UsageError
+
+from conftest import SMALL
+
+CIFAR = next(t for t in VTAB1K if t.name == "cifar100")
+EUROSAT = next(t for t in VTAB1K if t.name == "eurosat")
+
+
+def test_task_table_matches_reference():
+    assert len(VTAB1K) == 19
+    assert sum(t.test_size for t in VTAB1K) == 387_904  # the per-task test sizes of the reference table
+    assert [t.group for t in VTAB1K].count("natural") == 7
+    assert [t.group for t in VTAB1K].count("specialized") == 4
+    assert [t.group for t in VTAB1K].count("structured") == 8
+    assert {t.name: t.num_classes for t in VTAB1K}["sun397"] == 397
+
+
+def test_resolve_tasks_aliases_and_errors():
+    assert [t.name for t in resolve_tasks("cifar,oxford_iiit_pet")] == ["cifar100", "oxford_pet"]
+    assert len(resolve_tasks("all")) == 19
+    with pytest.raises(UsageError, match="unknown task 'cifar10'.*did you mean.*'cifar100'"):
+        resolve_tasks("cifar10")
+
+
+def test_reader_tolerates_crlf_blank_lines_and_modes(vtab_root):
+    lists = read_task_lists(vtab_root, CIFAR)
+    assert lists.folder.name == "cifar"  # alias folder
+    assert len(lists.splits["train800val200"]) == SMALL["train800"] + SMALL["val200"]
+    # blank lines are fine
+    f = lists.folder / "test.txt"
+    f.write_bytes(b"\r\n" + f.read_bytes() + b"\r\n\r\n")
+    assert len(read_task_lists(vtab_root, CIFAR).splits["test"]) == SMALL["test"]
+    assert any("train800 24 (expected 800)" in w for w in lists.warnings)  # subsets: a warning, not an error
+
+
+def _problems(root, task=EUROSAT) -> str:
+    with pytest.raises(DataError) as err:
+        read_task_lists(root, task)
+    return str(err.value)
+
+
+def test_preflight_lists_every_problem_with_file_and_line(vtab_root):
+    folder = vtab_root / "eurosat"
+    lines = (folder / "test.txt").read_text().splitlines()
+    lines[0] = "images/test/missing.png 1"
+    lines[1] = lines[1].rsplit(" ", 1)[0] + " 10"  # 10 classes: label 10 is out of range
+    lines[2] = "../../etc/passwd 1"
+    lines[3] = "/etc/passwd 1"
+    (folder / "test.txt").write_text("\n".join(lines) + "\n")
+    msg = _problems(vtab_root)
+    assert f"{folder / 'test.txt'}:1: missing image images/test/missing.png" in msg
+    assert f"{folder / 'test.txt'}:2: label 10 outside [0, 10)" in msg
+    assert f"{folder / 'test.txt'}:3: image path '../../etc/passwd' leaves the task folder" in msg
+    assert f"{folder / 'test.txt'}:4: image path '/etc/passwd' leaves the task folder" in msg
+
+
+def test_preflight_missing_split_file(vtab_root):
+    (vtab_root / "eurosat" / "val200.txt").unlink()
+    assert "val200.txt: missing split file" in _problems(vtab_root)
+
+
+def test_preflight_union_and_test_overlap(vtab_root):
+    folder = vtab_root / "eurosat"
+    combined = (folder / "train800val200.txt").read_text().splitlines()
+    (folder / "train800val200.txt").write_text("\n".join(combined[:-1]) + "\n")
+    test = (folder / "test.txt").read_text().splitlines()
+    (folder / "test.txt").write_text("\n".join(test + [combined[0]]) + "\n")
+    msg = _problems(vtab_root)
+    assert "train800 ∪ val200 differs from train800val200" in msg
+    assert "train800 overlaps the test split" in msg
+
+
+def test_preflight_missing_task_folder(tmp_path):
+    with pytest.raises(DataError, match="no folder for task 'eurosat'"):
+        read_task_lists(tmp_path, EUROSAT)
+
+
+def test_undecodable_image_named_with_line(vtab_root, tmp_path):
+    lists = read_task_lists(vtab_root, EUROSAT)
+    bad = lists.splits["test"][2]
+    bad.path.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"test.txt:3: cannot decode image"):
+        load_split(lists.splits["test"], (16, 16), "bicubic", str(lists.folder / "test.txt"), tmp_path)
+
+
+def test_decode_modes_and_cache_reuse(vtab_root, tmp_path, monkeypatch):
+    lists = read_task_lists(vtab_root, CIFAR)
+    entries = lists.splits["train800val200"]
+    data = load_split(entries, (32, 32), "bicubic", "x", tmp_path)
+    assert data.images.shape == (len(entries), 32, 32, 3) and data.images.dtype == np.uint8
+    # grayscale / RGBA / palette images all became RGB and match PIL's own conversion of RGB sources
+    ref = np.asarray(Image.open(entries[0].path).convert("RGB"))
+    assert np.array_equal(data.images[0], ref)
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(images_mod, "_decode", no_decode)
+    again = load_split(entries, (32, 32), "bicubic", "x", tmp_path)
+    assert again.checksum == data.checksum and np.array_equal(again.images, data.images)
+    # changing one image's bytes changes the key: the cache is not trusted blindly
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(entries[0].path)
+    monkeypatch.undo()
+    changed = load_split(entries, (32, 32), "bicubic", "x", tmp_path)
+    assert changed.checksum != data.checksum
+
+
+def test_large_images_resized_once_small_kept_native(tmp_path):
+    write_task(tmp_path / "big", 3, {"train800": 4, "val200": 2, "test": 3}, hw=(40, 48))
+    task = type(EUROSAT)("big", 3, "natural", 3, "48x40")
+    lists = read_task_lists(tmp_path, task)
+    big = load_split(lists.splits["test"], (32, 32), "bicubic", "x", tmp_path / "c")
+    assert big.images.shape[1:3] == (32, 32)
+    ref = np.asarray(Image.open(lists.splits["test"][0].path).convert("RGB").resize((32, 32), Image.BICUBIC))
+    assert np.array_equal(big.images[0], ref)  # exactly the reference PIL pipeline
+    small = load_split(lists.splits["test"], (64, 64), "bicubic", "x", tmp_path / "c")
+    assert small.images.shape[1:3] == (40, 48)  # stored native, resized per batch on the device
+
+
+def test_batches_normalise_and_resize_on_device(tmp_path):
+    write_task(tmp_path / "t", 3, {"train800": 4, "val200": 2, "test": 5}, hw=(16, 16))
+    task = type(EUROSAT)("t", 3, "natural", 5, "16x16")
+    data = load_split(read_task_lists(tmp_path, task).splits["test"], (32, 32), "bicubic", "x", tmp_path / "c")
+    b = Batches(data, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", torch.device("cpu"))
+    x, y = b.batch(np.arange(5))
+    assert x.shape == (5, 3, 32, 32) and y.tolist() == data.labels.tolist()
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    # against the reference PIL pipeline: resize 32 bicubic -> tensor -> normalise
+    ref = np.asarray(Image.fromarray(np.asarray(data.images[0])).resize((32, 32), Image.BICUBIC), dtype=np.float32)
+    ref = torch.from_numpy(ref).permute(2, 0, 1) / 127.5 - 1.0
+    assert (x[0] - ref).abs().max() < 0.05  # within ~6/255 of PIL (uint8 rounding + kernel edge handling)
+    batches = list(b.iterate(2, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert sum(len(yb) for _, yb in batches) == 5
