@@ -6,10 +6,10 @@ import copy
 import resource
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -80,7 +80,6 @@ def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], 
     infer_ips = throughput(infer, batch, img_size, num_classes, device, steps, warmup)
     bench.train()
     train_ips = throughput(make_train_step(bench), batch, img_size, num_classes, device, steps, warmup)
-    del bench
     return {"train_img_per_s": train_ips, "infer_img_per_s": infer_ips}
 
 

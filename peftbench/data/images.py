@@ -13,10 +13,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
         if problems:
             raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
         images.flush()
-        del images
+        images = None  # close the memory map before the rename
         os.replace(tmp, img_file)
     finally:
         if tmp.exists():
