@@ -6,11 +6,18 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .errors import PeftbenchError
@@ -28,7 +35,7 @@ class RichReporter:
         self.run_bar = None
         self.run_label = ""
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self.progress.start()
         return self
 
@@ -163,8 +170,11 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) -> None:
     from .report import write_report
 
-    written = write_report(runs_dir, out, reference=reference)
-    console.print(f"report: {len(written)} file(s) in {out}", markup=False)
+    written = write_report(runs_dir, out, reference=reference,
+                           on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False))
+    summary = next((p for p in written if p.name == "summary.md"), None)
+    console.print(f"report: {len(written)} file(s) in {out}" + (f"; start with {summary}" if summary else ""),
+                  markup=False)
 
 
 def _cmd_methods(console: Console) -> int:
@@ -212,7 +222,8 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = Console(stderr=False, highlight=False, soft_wrap=True)
+    # no terminal (a log file, a pipe, a test): wide enough that tables are never truncated
+    console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         args = build_parser().parse_args(argv)
