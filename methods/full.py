@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn as nn
+from torch import nn
 
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from peftbench.backbone import freeze
 from peftbench.method_api import BuildContext, FrozenBackboneModel

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .errors import CheckpointError, UsageError
 

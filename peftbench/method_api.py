@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .backbone import Preprocess
 from .data.images import Batches
@@ -74,7 +74,7 @@ class FrozenBackboneModel(nn.Module):
         self.vit = vit
         self.backbone_train_mode = backbone_train_mode
 
-    def train(self, mode: bool = True) -> "FrozenBackboneModel":
+    def train(self, mode: bool = True) -> FrozenBackboneModel:
         super().train(mode)
         if mode and not self.backbone_train_mode:
             self.vit.eval()

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL
 from PIL import Image
 
 from peftbench.data import images as images_mod
@@ -13,8 +12,6 @@ from peftbench.data.splits import read_task_lists
 from peftbench.data.synthetic import write_task
 from peftbench.data.tasks import VTAB1K, resolve_tasks
 from peftbench.errors import DataError, UsageError
-
-from conftest import SMALL
 
 CIFAR = next(t for t in VTAB1K if t.name == "cifar100")
 EUROSAT = next(t for t in VTAB1K if t.name == "eurosat")
