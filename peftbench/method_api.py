@@ -6,7 +6,8 @@ The returned module may define these optional hooks (the shared loop calls them 
 and never branches on a method's name):
 
 - ``get_classifier()`` -> the classifier module (counted separately as head parameters);
-- ``aux_loss()`` -> a scalar tensor or None, read after each training forward;
+- ``aux_loss()`` -> a scalar tensor or None, read exactly once after each training forward
+  (the module should drop its reference then: a model holding an autograd graph cannot be copied);
 - ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
 - ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
 - ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
@@ -66,7 +67,8 @@ class FrozenBackboneModel(nn.Module):
     """Base for methods that keep the pre-trained ViT frozen and in eval mode while training.
 
     Keeping the backbone in eval mode (no dropout, no drop-path in frozen blocks) is what the
-    official VPT and SHIP code do; ``backbone_train_mode=True`` switches that off.
+    official VPT code does; ``backbone_train_mode=True`` lets them act (the official SHIP code
+    trains with drop-path on, so SHIP sets it).
     """
 
     def __init__(self, vit: nn.Module, backbone_train_mode: bool = False):
