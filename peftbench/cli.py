@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .errors import PeftbenchError
+from .records import REPORT_DIRNAME
 from .registry import load_plugin
 
 
@@ -99,15 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
     r.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
     r.add_argument("--suite", default="vtab1k", help="task suite (default vtab1k)")
-    r.add_argument("--suite-file", type=Path, default=None, help="YAML with recipe overrides (default benchmarks/SUITE.yaml)")
+    r.add_argument("--suite-file", type=Path, default=None,
+                   help="YAML with recipe overrides (default benchmarks/SUITE.yaml)")
     r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
     r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
     _backbone_args(r)
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training key (lr=0.01) or a method knob (vpt_deep.prompt_length=50); repeatable")
-    r.add_argument("--cache-dir", type=Path, default=None, help="decoded-image and method cache (default ~/.cache/peftbench)")
+    r.add_argument("--cache-dir", type=Path, default=None,
+                   help="decoded-image and method cache (default ~/.cache/peftbench)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     r.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save a training checkpoint every N epochs, so an interrupted run resumes (default 0: off)")
+    r.add_argument("--claim-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="workers sharing --out: a claimed run with no heartbeat for this long is taken over "
+                        "(default 600)")
+    r.add_argument("--worker-id", default=None, help="this worker's name in claims and records (default host:pid)")
 
     sub.add_parser("methods", help="list registered methods and their knobs")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
@@ -147,7 +156,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     req = SweepRequest(methods=args.methods or available_methods(), tasks=args.tasks, seeds=args.seeds,
                        suite=args.suite, suite_file=args.suite_file, data_root=args.data_root, out=args.out,
                        backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
-                       cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint)
+                       cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint,
+                       checkpoint_every=args.checkpoint_every, claim_timeout=args.claim_timeout,
+                       worker_id=args.worker_id)
     try:
         with RichReporter(console) as reporter:
             result = run_sweep(req, reporter)
@@ -155,14 +166,17 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         from .records import iter_record_files
 
         kept = len(list(iter_record_files(args.out))) if args.out.is_dir() else 0
-        console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}; "
-                      "run the same command again to resume", markup=False)
+        ckpts = len(list((args.out / ".checkpoints").glob("*.pt")))
+        console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}"
+                      + (f", {ckpts} training checkpoint(s) kept" if ckpts else "")
+                      + "; run the same command again to resume", markup=False)
         return 130
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items())) or "nothing new"
-    console.print(f"done: {counts}; {len(result.skipped)} skipped (already done); records in {args.out}",
+    others = f"; {len(result.left_to_others)} run(s) left to other workers" if result.left_to_others else ""
+    console.print(f"done: {counts}; {len(result.skipped)} skipped (already done){others}; records in {args.out}",
                   markup=False)
     if not args.no_report:
-        report_dir = args.out / "report"
+        report_dir = args.out / REPORT_DIRNAME
         _write_report(args.out, report_dir, True, console)
     return 0 if set(result.statuses) <= {"complete"} else 1
 
@@ -197,7 +211,8 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     for col in ("task", "group", "classes", "test images", "native", "aliases"):
         table.add_column(col)
     for t in suite_tasks(args.suite):
-        table.add_row(t.name, t.group, str(t.num_classes), f"{t.test_size:,}", t.native_resolution, ", ".join(t.aliases))
+        table.add_row(t.name, t.group, str(t.num_classes), f"{t.test_size:,}", t.native_resolution,
+                      ", ".join(t.aliases))
     console.print(table)
     return 0
 
@@ -211,8 +226,8 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    console.print(f"{info['method']} on {info['backbone']} (weights: {info['weights']}), {info['num_classes']} classes, "
-                  f"{info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
+    console.print(f"{info['method']} on {info['backbone']} (weights: {info['weights']}), "
+                  f"{info['num_classes']} classes, {info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
     console.print(f"  trainable parameters: {info['trainable_params']:,} (classifier {info['head_params']:,})")
     console.print(f"  total parameters:     {info['total_params']:,}")
     console.print(f"  inference GFLOPs:     {info['gflops']:.2f} per image")
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             return _cmd_inspect(args, console)
         if args.command == "report":
-            _write_report(args.runs_dir, args.out or args.runs_dir / "report", args.reference, console)
+            _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console)
             return 0
         raise AssertionError(args.command)
     except PeftbenchError as exc:

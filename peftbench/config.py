@@ -24,7 +24,8 @@ from .registry import MethodSpec, available_methods, did_you_mean
 class TrainConfig:
     """The one training recipe every method shares (defaults: the common VTAB-1k recipe)."""
 
-    protocol: str = field(default="final", metadata={"help": "final: train800val200 -> test once; val: train800 -> val200"})
+    protocol: str = field(default="final", metadata={
+        "help": "final: train800val200 -> test once; val: train800 -> val200"})
     epochs: int = field(default=100, metadata={"help": "training epochs"})
     batch_size: int = field(default=64, metadata={"help": "training batch size"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
@@ -166,7 +167,8 @@ def load_suite_file(path: Path) -> Suite:
                              + did_you_mean(key, sorted(TRAIN_KEYS)))
     return Suite(name=str(raw.get("suite", Path(path).stem)), defaults=dict(raw.get("defaults") or {}),
                  methods={k: dict(v or {}) for k, v in (raw.get("methods") or {}).items()},
-                 tasks={t: {m: dict(v or {}) for m, v in (ms or {}).items()} for t, ms in (raw.get("tasks") or {}).items()},
+                 tasks={t: {m: dict(v or {}) for m, v in (ms or {}).items()}
+                        for t, ms in (raw.get("tasks") or {}).items()},
                  source=str(path))
 
 

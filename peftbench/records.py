@@ -11,7 +11,7 @@ Schema (``SCHEMA_VERSION``)::
               train_img_per_s, infer_img_per_s, peak_mem_bytes, peak_mem_kind, wall_s {phase: s},
               final_train_loss, epochs_done}
     method_info {...}                                   what the method chose (e.g. SHIP layers)
-    provenance {versions {...}, git_commit, git_dirty, device, hostname, argv}
+    provenance {versions {...}, git_commit, git_dirty, device, hostname, argv, worker, resumed_from_epoch}
 """
 
 from __future__ import annotations
@@ -20,14 +20,21 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from .errors import PeftbenchError
 
 SCHEMA_VERSION = 1
 STATUSES = ("complete", "diverged", "oom", "failed")
 REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
 # a run with one of these statuses is not run again by the same command
 FINAL_STATUSES = ("complete", "diverged")
+
+
+class RecordError(PeftbenchError):
+    """A record could not be written (e.g. a full disk): nothing partial was left behind."""
 
 
 def _finite(obj: Any) -> Any:
@@ -85,11 +92,21 @@ def validate(record: Any) -> str | None:
         return f"unknown status {record['status']!r}"
     if not isinstance(record["metrics"], dict) or not isinstance(record["config"], dict):
         return "metrics and config must be objects"
+    if not all(isinstance(record[k], str) for k in ("run_id", "method", "task")) or not isinstance(record["seed"], int):
+        return "run_id, method and task must be strings and seed an integer"
     return None
 
 
+REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the runs folder: not scanned
+
+
 def iter_record_files(root: Path) -> Iterable[Path]:
-    return sorted(p for p in Path(root).rglob("*.json") if not p.name.startswith("."))
+    root = Path(root)
+    def skipped(folder: str) -> bool:
+        return folder.startswith(".") or folder == REPORT_DIRNAME
+
+    return sorted(p for p in root.rglob("*.json")
+                  if not p.name.startswith(".") and not any(map(skipped, p.relative_to(root).parts[:-1])))
 
 
 def load_records(root: Path) -> tuple[list[dict], list[str]]:

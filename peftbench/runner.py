@@ -11,15 +11,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import __version__
 from .backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from .checkpoint import Checkpointer
+from .claims import Claims
 from .config import Suite, TrainConfig, load_suite_file, parse_sets, resolve
 from .data.images import Batches, SplitData, default_cache_dir, load_split
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
@@ -27,10 +30,18 @@ from .data.tasks import TaskSpec, resolve_tasks
 from .errors import DataError, PeftbenchError, UsageError
 from .measure import count_params, inference_gflops, measure_throughput, peak_memory
 from .method_api import BuildContext
-from .records import FINAL_STATUSES, find_record, record_path, write_record
+from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, get_method
-from .train import Diverged, autocast_factory, effective_precision, evaluate, make_optimizer, make_step, \
-    seed_everything, train
+from .train import (
+    Diverged,
+    autocast_factory,
+    effective_precision,
+    evaluate,
+    make_optimizer,
+    make_step,
+    seed_everything,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,12 +62,16 @@ class SweepRequest:
     cache_dir: Path | None = None
     device: str = "auto"
     trust_checkpoint: bool = False
+    checkpoint_every: int = 0  # epochs between training checkpoints (0 = none); not part of the run id
+    claim_timeout: float = 600.0  # seconds without heartbeat after which another worker takes a run over
+    worker_id: str | None = None  # default host:pid
 
 
 @dataclass
 class SweepResult:
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    left_to_others: list[str] = field(default_factory=list)  # claimed by other live workers
     statuses: dict[str, int] = field(default_factory=dict)
 
 
@@ -125,7 +140,8 @@ def provenance(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         dev = f"cuda:{torch.cuda.get_device_name(device)}"
     else:
-        dev = f"cpu:{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        cpu = platform.processor() or platform.machine()
+        dev = f"cpu:{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {"versions": {"peftbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
                          "numpy": numpy.__version__, "python": platform.python_version()},
             "git_commit": commit, "git_dirty": dirty, "device": dev, "hostname": socket.gethostname(),
@@ -152,11 +168,12 @@ def _needed_splits(protocols: set[str]) -> list[str]:
 
 
 def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
-                data: TaskData, device: torch.device, cache_dir: Path, reporter: Reporter) -> dict[str, Any]:
+                data: TaskData, device: torch.device, cache_dir: Path, reporter: Reporter,
+                checkpoint: Checkpointer | None = None) -> dict[str, Any]:
     """Build, train, evaluate once, measure. Returns status + metrics (+ method info) for the record."""
     train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
     pre = backbone.preprocess
-    make_batches = lambda split: Batches(data.splits[split], pre.img_size, pre.mean, pre.std,  # noqa: E731
+    make_batches = lambda split: Batches(data.splits[split], pre.img_size, pre.mean, pre.std,
                                          pre.interpolation, device)
     train_batches, eval_batches = make_batches(train_split), make_batches(eval_split)
     precision = effective_precision(tcfg, device)
@@ -177,19 +194,16 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     total_steps = tcfg.epochs * steps_per_epoch
     eval_steps = -(-len(eval_batches.data) // tcfg.eval_batch_size)
     reporter.run_progress(0, total_steps + eval_steps, description="train")
-    status, reason = "complete", None
+    status, reason, phase, resumed_from = "complete", None, "train", 0
     t0 = time.perf_counter()
     try:
-        result = train(model, train_batches, tcfg, device, seed, on_step=lambda d, t: reporter.run_progress(d))
+        result = train(model, train_batches, tcfg, device, seed, on_step=lambda d, t: reporter.run_progress(d),
+                       checkpoint=checkpoint)
+        resumed_from = result.resumed_from
         metrics["final_train_loss"] = result.losses[-1]
         metrics["epochs_done"] = result.epochs_done
-    except Diverged as exc:
-        status, reason = "diverged", str(exc)
-    except torch.cuda.OutOfMemoryError as exc:
-        status, reason = "oom", f"CUDA out of memory at batch {tcfg.batch_size} (grad_accum {tcfg.grad_accum}): " \
-                                f"{str(exc).splitlines()[0]}"
-    wall["train"] = time.perf_counter() - t0
-    if status == "complete":
+        wall["train"] = time.perf_counter() - t0
+        phase = "evaluation"
         reporter.run_progress(total_steps, description=f"evaluate {eval_split}")
         t0 = time.perf_counter()
         evaluated = [total_steps]
@@ -202,6 +216,7 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
         wall["eval"] = time.perf_counter() - t0
         metrics["test_top1" if eval_split == "test" else "val_top1"] = top1
         metrics["eval_split"] = eval_split
+        phase = "measurement"
         t0 = time.perf_counter()
         mem, kind = peak_memory(device)
         metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = mem, kind
@@ -210,9 +225,40 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
             model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast), pre.img_size,
             task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast))
         wall["measure"] = time.perf_counter() - t0
+    except Diverged as exc:
+        status, reason = "diverged", str(exc)
+    except torch.cuda.OutOfMemoryError as exc:  # recorded as such: never retried with a smaller batch
+        status, reason = "oom", _oom_reason(exc, phase, tcfg)
+    if status != "complete":
+        wall[phase] = time.perf_counter() - t0
     metrics["wall_s"] = wall
     return {"status": status, "reason": reason, "metrics": metrics, "method_info": ctx.info,
-            "notices": ctx.notices, "phase_s": ctx.phase_times}
+            "notices": ctx.notices, "phase_s": ctx.phase_times, "resumed_from_epoch": resumed_from}
+
+
+def _oom_reason(exc: BaseException, phase: str, tcfg: TrainConfig) -> str:
+    first = (str(exc).splitlines() or [""])[0]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # let the next run start from a clean slate
+    return f"CUDA out of memory during {phase} at batch {tcfg.batch_size} (grad_accum {tcfg.grad_accum}): {first}"
+
+
+@dataclass
+class Job:
+    """One run of the sweep, resolved: everything its run id and record need."""
+
+    task: TaskSpec
+    spec: MethodSpec
+    seed: int
+    tcfg: TrainConfig
+    mcfg: Any
+    resolved: dict
+    data_checksum: str
+    run_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}/{self.task.name}/seed{self.seed}"
 
 
 def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResult:
@@ -262,9 +308,7 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
         data[task.name] = TaskData(lists[task.name], splits, time.perf_counter() - t0)
 
     out = Path(req.out)
-    result = SweepResult()
-    reporter.sweep(len(tasks) * len(specs) * len(req.seeds))
-    prov = provenance(device)
+    jobs = []
     for task in tasks:
         td = data[task.name]
         for spec in specs:
@@ -272,44 +316,99 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
             train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
             data_checksum = hashlib.sha256(
                 (td.splits[train_split].checksum + td.splits[eval_split].checksum).encode()).hexdigest()
-            for seed in req.seeds:
-                label = f"{spec.name}/{task.name}/seed{seed}"
-                rid = run_id_of(spec.name, task.name, req.suite, seed, resolved, backbone, data_checksum)
-                existing = find_record(out, rid)
-                if existing is not None and existing["status"] in FINAL_STATUSES:
-                    result.skipped.append(label)
-                    reporter.run_finished(label, f"already done ({existing['status']}), skipped")
-                    continue
-                reporter.run_started(label, tcfg.epochs)
-                started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                try:
-                    outcome = execute_run(spec, task, seed, tcfg, mcfg, backbone, td, device, cache_dir, reporter)
-                except (PeftbenchError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # a broken plugin or run: recorded as failed, the sweep goes on
-                    outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "metrics": {},
-                               "method_info": {}, "notices": [], "phase_s": {}}
-                record = {
-                    "schema": 1, "run_id": rid, "status": outcome["status"], "reason": outcome["reason"],
-                    "method": spec.name, "task": task.name, "suite": req.suite, "seed": seed,
-                    "created": started, "config": resolved,
-                    "backbone": backbone.describe(),
-                    "data": {"root": str(Path(req.data_root).resolve()), "folder": str(td.lists.folder.resolve()), "checksum": data_checksum,
-                             "splits": {k: len(v) for k, v in td.lists.splits.items()},
-                             "train_split": train_split, "eval_split": eval_split},
-                    "metrics": outcome["metrics"], "method_info": outcome["method_info"],
-                    "notices": outcome["notices"], "prepare_phases_s": outcome["phase_s"],
-                    "provenance": prov,
-                }
-                path = write_record(record_path(out, record), record)
-                result.written.append(path)
-                result.statuses[outcome["status"]] = result.statuses.get(outcome["status"], 0) + 1
-                m = outcome["metrics"]
-                top1 = m.get("test_top1", m.get("val_top1"))
-                summary = (f"top-1 {top1:.2f}%  trainable {m['trainable_params']:,}  {m['gflops']:.2f} GFLOPs"
-                           if outcome["status"] == "complete" else f"{outcome['status']}: {outcome['reason']}")
-                reporter.run_finished(label, summary)
+            jobs += [Job(task, spec, seed, tcfg, mcfg, resolved, data_checksum,
+                         run_id_of(spec.name, task.name, req.suite, seed, resolved, backbone, data_checksum))
+                     for seed in req.seeds]
+    claims = Claims(out, req.worker_id, req.claim_timeout)
+    prov = {**provenance(device), "worker": claims.worker}
+    result = SweepResult()
+    reporter.sweep(len(jobs))
+
+    def done_already(job: Job) -> bool:
+        existing = find_record(out, job.run_id)
+        if existing is None or existing["status"] not in FINAL_STATUSES:
+            return False
+        (out / ".checkpoints" / f"{job.run_id}.pt").unlink(missing_ok=True)  # left if killed after the write
+        result.skipped.append(job.label)
+        reporter.run_finished(job.label, f"already done ({existing['status']}), skipped")
+        return True
+
+    def attempt(job: Job) -> bool:
+        """Run or skip a job; False if another live worker holds it."""
+        if done_already(job):
+            return True
+        claim = claims.acquire(job.run_id)
+        if claim is None:
+            return False
+        try:
+            if not done_already(job):  # another worker may have finished it between our look and our claim
+                _run_job(job, req, backbone, data[job.task.name], device, cache_dir, prov, result, reporter)
+                if claim.lost:
+                    reporter.message(f"warning: {job.label}: another worker took our claim over (no heartbeat "
+                                     f"for {req.claim_timeout:g} s); it may write this record again")
+        finally:
+            claim.release()
+        return True
+
+    pending = jobs
+    while pending:  # later passes pick up runs whose owners finished, gave up or went stale meanwhile
+        left = [job for job in pending if not attempt(job)]
+        if len(left) == len(pending):
+            break
+        pending = left
+    for job in pending:
+        result.left_to_others.append(job.label)
+        holder = claims.owner(job.run_id).get("worker", "another worker")
+        reporter.run_finished(job.label, f"claimed by {holder}, left to it")
     return result
+
+
+def _run_job(job: Job, req: SweepRequest, backbone: Backbone, td: TaskData, device: torch.device, cache_dir: Path,
+             prov: dict, result: SweepResult, reporter: Reporter) -> None:
+    """Execute one claimed run and write its record; its checkpoint goes once the record is safe."""
+    spec, task, seed = job.spec, job.task, job.seed
+    out = Path(req.out)
+    checkpoint = Checkpointer(out / ".checkpoints" / f"{job.run_id}.pt", req.checkpoint_every,
+                              lambda text: reporter.message(f"{job.label}: {text}"))
+    reporter.run_started(job.label, job.tcfg.epochs)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        outcome = execute_run(spec, task, seed, job.tcfg, job.mcfg, backbone, td, device, cache_dir, reporter,
+                              checkpoint)
+    except (PeftbenchError, KeyboardInterrupt):
+        raise
+    except torch.cuda.OutOfMemoryError as exc:  # while building the method
+        outcome = {"status": "oom", "reason": _oom_reason(exc, "build", job.tcfg)}
+    except Exception as exc:  # a broken plugin or run: recorded as failed, the sweep goes on
+        outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    train_split, eval_split = PROTOCOL_SPLITS[job.tcfg.protocol]
+    record = {
+        "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"], "reason": outcome["reason"],
+        "method": spec.name, "task": task.name, "suite": req.suite, "seed": seed,
+        "created": started, "config": job.resolved,
+        "backbone": backbone.describe(),
+        "data": {"root": str(Path(req.data_root).resolve()), "folder": str(td.lists.folder.resolve()),
+                 "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
+                 "train_split": train_split, "eval_split": eval_split},
+        "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
+        "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
+        "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
+    }
+    path = record_path(out, record)
+    try:
+        write_record(path, record)
+    except OSError as exc:
+        raise RecordError(f"cannot write the record of {job.label} to {path}: {exc}; nothing was kept for this "
+                          "run (its checkpoint, if any, remains); free space and run the same command again"
+                          ) from exc
+    checkpoint.discard()
+    result.written.append(path)
+    result.statuses[outcome["status"]] = result.statuses.get(outcome["status"], 0) + 1
+    m = outcome.get("metrics", {})
+    top1 = m.get("test_top1", m.get("val_top1"))
+    summary = (f"top-1 {top1:.2f}%  trainable {m['trainable_params']:,}  {m['gflops']:.2f} GFLOPs"
+               if outcome["status"] == "complete" else f"{outcome['status']}: {outcome['reason']}")
+    reporter.run_finished(job.label, summary)
 
 
 def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str = "none", num_classes: int = 100,

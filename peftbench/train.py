@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
+from .checkpoint import Checkpointer, rng_state, set_rng_state, trainable_keys, trainable_state
 from .config import TrainConfig
 from .data.images import Batches
 
@@ -110,11 +111,18 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, au
 class TrainResult:
     epochs_done: int
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    resumed_from: int = 0  # epochs restored from a checkpoint
 
 
 def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.device, seed: int,
-          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train for cfg.epochs on ``batches``; the evaluation split is not touched here."""
+          on_step: Callable[[int, int], None] | None = None, checkpoint: Checkpointer | None = None
+          ) -> TrainResult:
+    """Train for cfg.epochs on ``batches``; the evaluation split is not touched here.
+
+    A non-finite loss raises :class:`Diverged`: checked every step on the CPU (free), once per
+    epoch on CUDA (no sync per step). No batch is ever skipped. With a ``checkpoint``, the
+    state it holds is restored first and saved again at the epochs it asks for.
+    """
     precision = effective_precision(cfg, device)
     autocast = autocast_factory(precision, device)
     n = len(batches.data)
@@ -124,9 +132,18 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
     step = make_step(model, opt, cfg, autocast)
     gen = torch.Generator().manual_seed(seed)
     result = TrainResult(epochs_done=0)
+    fits = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "keys": trainable_keys(model)}
+    saved = checkpoint.load(fits) if checkpoint else None
+    if saved is not None:
+        model.load_state_dict(saved["model"], strict=False)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"], gen)
+        result = TrainResult(saved["epochs_done"], list(saved["losses"]), resumed_from=saved["epochs_done"])
     total_steps = cfg.epochs * steps_per_epoch
-    done = 0
-    for epoch in range(cfg.epochs):
+    done = result.epochs_done * steps_per_epoch
+    check_every_step = device.type != "cuda"
+    for epoch in range(result.epochs_done, cfg.epochs):
         model.train()
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch, cfg.epochs)
@@ -134,10 +151,12 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         seen = 0
         for x, y in batches.iterate(cfg.batch_size, shuffle=True, generator=gen):
             loss = step(x, y)
+            done += 1
+            if check_every_step and not math.isfinite(loss.item()):
+                raise Diverged(f"non-finite training loss at step {done} (epoch {epoch + 1})")
             sched.step()
             loss_sum += loss * len(y)
             seen += len(y)
-            done += 1
             if on_step:
                 on_step(done, total_steps)
         epoch_loss = float(loss_sum) / seen
@@ -145,6 +164,10 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
             raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
         result.losses.append(epoch_loss)
         result.epochs_done = epoch + 1
+        if checkpoint and checkpoint.due(result.epochs_done, cfg.epochs):
+            checkpoint.save({**fits, "model": trainable_state(model), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": rng_state(gen),
+                             "epochs_done": result.epochs_done, "losses": result.losses})
     return result
 
 

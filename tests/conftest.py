@@ -11,6 +11,9 @@ import torch
 from peftbench.data.synthetic import write_task
 
 SMALL = {"train800": 24, "val200": 8, "test": 16}
+# The tests' models are tiny: one thread avoids OpenMP's spin-waiting when the CPU is shared
+# (a tiny training step took ~1 s with 2 threads on a busy 2-core machine, 12 ms with 1).
+torch.set_num_threads(1)
 
 
 def tiny_vit(num_classes: int = 5, img_size: int = 32, **kw) -> torch.nn.Module:

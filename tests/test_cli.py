@@ -67,6 +67,9 @@ def test_run_writes_four_records_and_resumes(vtab_root, tmp_path, capsys):
     assert main(argv[:-4] + ["--methods", "linear", "--tasks", "eurosat", "--set", "lr=0.01",
                              "--data-root", str(vtab_root), "--out", str(out)]) == 0
     assert len(_records(out)) == 5
+    # the report written inside the runs folder is not mistaken for a (foreign) record
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "summary.md").is_file() and load_records(out)[1] == []
 
 
 def _fails(argv, capsys, match: str) -> None:
