@@ -99,12 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", type=_csv, default=None, help="comma list (default: all registered methods)")
     r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
     r.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
-    r.add_argument("--suite", default="vtab1k", help="task suite (default vtab1k)")
+    r.add_argument("--suite", default="mini",
+                   help="task suite: mini (built in, generated on first use; the default) or vtab1k (--data-root)")
     r.add_argument("--suite-file", type=Path, default=None,
                    help="YAML with recipe overrides (default benchmarks/SUITE.yaml)")
     r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
     r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
-    _backbone_args(r)
+    _backbone_args(r, weights_default=None)
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training key (lr=0.01) or a method knob (vpt_deep.prompt_length=50); repeatable")
     r.add_argument("--cache-dir", type=Path, default=None,
@@ -137,13 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _backbone_args(p: argparse.ArgumentParser, weights_default: str = "pretrained") -> None:
+def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
     from .backbone import DEFAULT_BACKBONE
 
-    p.add_argument("--backbone", default=None, help=f"timm ViT name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--backbone", default=None,
+                   help=f"timm ViT name (default: the suite's; vtab1k: {DEFAULT_BACKBONE})")
     p.add_argument("--weights", default=weights_default,
                    help="'pretrained' (timm / Hugging Face cache), 'none' (random init) or a checkpoint file "
-                        "(.npz such as ViT-B_16.npz, .safetensors, .pth, .bin)")
+                        "(.npz such as ViT-B_16.npz, .safetensors, .pth, .bin)"
+                        + (" (default: the suite's; vtab1k: pretrained)" if weights_default is None else ""))
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that needs pickled code to load (only for files you trust)")

@@ -145,6 +145,8 @@ def parse_sets(items: list[str]) -> list[tuple[str | None, str, Any]]:
 @dataclass
 class Suite:
     name: str
+    backbone: str | None = None  # default backbone of the suite (--backbone overrides)
+    weights: str | None = None  # default weights: a path, "pretrained", "none" or "package:FILE" (shipped)
     defaults: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -158,14 +160,15 @@ def load_suite_file(path: Path) -> Suite:
         raise UsageError(f"suite file {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise UsageError(f"suite file {path}: expected a mapping at the top level")
-    unknown = set(raw) - {"suite", "defaults", "methods", "tasks", "description"}
+    unknown = set(raw) - {"suite", "defaults", "methods", "tasks", "description", "backbone", "weights"}
     if unknown:
         raise UsageError(f"suite file {path}: unknown section(s) {', '.join(sorted(unknown))}")
     for key in raw.get("defaults") or {}:
         if key not in TRAIN_KEYS:
             raise UsageError(f"suite file {path}: defaults: unknown training key '{key}'"
                              + did_you_mean(key, sorted(TRAIN_KEYS)))
-    return Suite(name=str(raw.get("suite", Path(path).stem)), defaults=dict(raw.get("defaults") or {}),
+    return Suite(name=str(raw.get("suite", Path(path).stem)), backbone=raw.get("backbone"), weights=raw.get("weights"),
+                 defaults=dict(raw.get("defaults") or {}),
                  methods={k: dict(v or {}) for k, v in (raw.get("methods") or {}).items()},
                  tasks={t: {m: dict(v or {}) for m, v in (ms or {}).items()}
                         for t, ms in (raw.get("tasks") or {}).items()},

@@ -51,12 +51,12 @@ class SweepRequest:
     methods: list[str]
     tasks: str = "all"
     seeds: list[int] = field(default_factory=lambda: [0])
-    suite: str = "vtab1k"
+    suite: str = "mini"
     suite_file: Path | None = None
-    data_root: Path | None = None
+    data_root: Path | None = None  # None: the suite's built-in data (mini), else required
     out: Path = Path("runs")
-    backbone: str | None = None
-    weights: str = "pretrained"
+    backbone: str | None = None  # None: the suite's backbone, else DEFAULT_BACKBONE
+    weights: str | None = None  # None: the suite's weights, else "pretrained"
     img_size: int | None = None
     sets: list[str] = field(default_factory=list)
     cache_dir: Path | None = None
@@ -107,6 +107,22 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
     return dev
+
+
+def builtin_data_root(suite: str) -> Path | None:
+    """The data of a suite that peftbench generates itself (created on first use), else None."""
+    if suite == "mini":
+        from .data.mini import ensure_mini_suite
+
+        return ensure_mini_suite()
+    return None
+
+
+def resolve_weights(weights: str) -> str:
+    """'package:FILE' names a checkpoint shipped inside peftbench (resources/FILE)."""
+    if weights.startswith("package:"):
+        return str(Path(__file__).resolve().parent / "resources" / weights.split(":", 1)[1])
+    return weights
 
 
 def default_suite_file(suite: str) -> Path | None:
@@ -270,10 +286,11 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
     suite = load_suite(req.suite, req.suite_file)
     sets = parse_sets(req.sets)
     configs = {(t.name, s.name): resolve(s, t.name, suite, sets) for t in tasks for s in specs}
-    if req.data_root is None:
+    data_root = Path(req.data_root) if req.data_root is not None else builtin_data_root(req.suite)
+    if data_root is None:
         raise UsageError(f"--data-root is required for suite '{req.suite}' (a folder in the VTAB-1k layout)")
-    if not Path(req.data_root).is_dir():
-        raise UsageError(f"--data-root {req.data_root}: no such folder")
+    if not data_root.is_dir():
+        raise UsageError(f"--data-root {data_root}: no such folder")
     device = resolve_device(req.device)
     cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
 
@@ -282,7 +299,7 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
     problems: list[str] = []
     for task in tasks:
         try:
-            lists[task.name] = read_task_lists(Path(req.data_root), task)
+            lists[task.name] = read_task_lists(data_root, task)
         except DataError as exc:
             problems.append(str(exc))
     if problems:
@@ -291,7 +308,9 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
         for w in tl.warnings:
             reporter.message(f"warning: {w}")
 
-    backbone = load_backbone(req.backbone or DEFAULT_BACKBONE, req.weights, req.img_size, req.trust_checkpoint)
+    backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
+                             resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
+                             req.trust_checkpoint)
     pre = backbone.preprocess
 
     # decode every needed split once (cached on disk) before any training
@@ -387,7 +406,7 @@ def _run_job(job: Job, req: SweepRequest, backbone: Backbone, td: TaskData, devi
         "method": spec.name, "task": task.name, "suite": req.suite, "seed": seed,
         "created": started, "config": job.resolved,
         "backbone": backbone.describe(),
-        "data": {"root": str(Path(req.data_root).resolve()), "folder": str(td.lists.folder.resolve()),
+        "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
                  "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
                  "train_split": train_split, "eval_split": eval_split},
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),

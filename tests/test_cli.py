@@ -10,7 +10,7 @@ import pytest
 from peftbench.cli import main
 from peftbench.records import load_records
 
-RUN = ["run", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
+RUN = ["run", "--suite", "vtab1k", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
        "--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "bench_steps=1", "--set", "bench_warmup=0",
        "--no-report"]
 

@@ -49,7 +49,7 @@ def _one_thread():
 
 
 def sweep(root: Path, out: Path, methods=("linear",), tasks="cifar", seeds=(0,), sets=(), **kw):
-    req = SweepRequest(methods=list(methods), tasks=tasks, seeds=list(seeds), data_root=root, out=out,
+    req = SweepRequest(methods=list(methods), tasks=tasks, seeds=list(seeds), suite="vtab1k", data_root=root, out=out,
                        backbone="test_vit", weights="none", img_size=32, sets=[*FAST, *sets], **kw)
     return run_sweep(req)
 
@@ -97,7 +97,8 @@ def test_full_disk_in_a_sweep_is_one_clear_error(vtab_root, tmp_path, monkeypatc
 
     monkeypatch.setattr(records_mod.os, "fsync", no_space)
     out = tmp_path / "runs"
-    rc = main(["run", "--methods", "linear", "--tasks", "cifar", "--data-root", str(vtab_root), "--out", str(out),
+    rc = main(["run", "--suite", "vtab1k", "--methods", "linear", "--tasks", "cifar",
+               "--data-root", str(vtab_root), "--out", str(out),
                *BACKBONE, *[a for s in FAST for a in ("--set", s)], "--no-report"])
     assert rc == 2
     err = capsys.readouterr().err
@@ -165,7 +166,8 @@ def test_kill_at_each_point_leaves_no_partial_record_and_resumes(point, vtab_roo
 
 def _cli_run(out: Path, root: Path, cache: Path, *extra: str, sets=()) -> subprocess.Popen:
     env = {**os.environ, "PEFTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    args = [sys.executable, "-m", "peftbench.cli", "run", "--methods", "full", "--tasks", "cifar,eurosat",
+    args = [sys.executable, "-m", "peftbench.cli", "run", "--suite", "vtab1k",
+            "--methods", "full", "--tasks", "cifar,eurosat",
             "--data-root", str(root), "--out", str(out), *BACKBONE, "--no-report",
             *[a for s in [*FAST, *sets] for a in ("--set", s)], *extra]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -459,7 +461,8 @@ def test_run_finished_by_another_worker_just_before_our_claim_is_not_rerun(vtab_
 def test_four_workers_share_one_sweep_each_run_trained_once(vtab_root, tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     env = {**os.environ, "PEFTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    args = [sys.executable, "-m", "peftbench.cli", "run", "--methods", "linear,full", "--tasks", "cifar,eurosat",
+    args = [sys.executable, "-m", "peftbench.cli", "run", "--suite", "vtab1k",
+            "--methods", "linear,full", "--tasks", "cifar,eurosat",
             "--seeds", "0,1", "--data-root", str(vtab_root), "--out", str(out), *BACKBONE, "--no-report",
             *[a for s in FAST for a in ("--set", s)]]
     procs = {f"w{i}": subprocess.Popen([*args, "--worker-id", f"w{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -59,9 +59,18 @@ def register_suite(name: str, tasks: tuple[TaskSpec, ...]) -> None:
     SUITES[name] = tasks
 
 
+# suites defined in their own module, imported (and so registered) on first use
+BUILTIN_SUITE_MODULES = {"mini": "peftbench.data.mini"}
+
+
 def suite_tasks(suite: str) -> tuple[TaskSpec, ...]:
+    if suite not in SUITES and suite in BUILTIN_SUITE_MODULES:
+        import importlib
+
+        importlib.import_module(BUILTIN_SUITE_MODULES[suite])
     if suite not in SUITES:
-        raise UsageError(f"unknown suite '{suite}'" + did_you_mean(suite, sorted(SUITES)))
+        known = sorted(set(SUITES) | set(BUILTIN_SUITE_MODULES))
+        raise UsageError(f"unknown suite '{suite}'" + did_you_mean(suite, known))
     return SUITES[suite]
 
 
