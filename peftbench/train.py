@@ -107,6 +107,53 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, au
     return step
 
 
+def uses_feature_cache(model: nn.Module, cfg: TrainConfig) -> bool:
+    """True when only the classifier trains on features that cannot change: compute them once.
+
+    The method opts in by offering ``frozen_features`` and ``classify``; the loop checks that every
+    trainable parameter sits in the classifier, so a method cannot get this wrong silently.
+    """
+    if not (cfg.cache_features and hasattr(model, "frozen_features") and hasattr(model, "classify")):
+        return False
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return all(id(p) in head for p in model.parameters() if p.requires_grad)
+
+
+class _Classifier(nn.Module):
+    """The trainable part of a feature-cached model: features -> logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.classify(features)
+
+
+class FeatureBatches:
+    """Pre-computed features with the same shuffling (and generator use) as :class:`Batches`."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.data, self.labels = features, labels
+
+    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        n = len(self.data)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size].to(self.data.device)
+            yield self.data[idx], self.labels[idx]
+
+
+@torch.inference_mode()
+def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocast: Callable) -> torch.Tensor:
+    model.eval()
+    feats = []
+    for x, _ in batches.iterate(batch_size):
+        with autocast():
+            feats.append(model.frozen_features(x).float())
+    return torch.cat(feats)
+
+
 @dataclass
 class TrainResult:
     epochs_done: int
@@ -127,9 +174,14 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
     autocast = autocast_factory(precision, device)
     n = len(batches.data)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    opt = make_optimizer(model, cfg, device)
+    trained = model
+    if uses_feature_cache(model, cfg):  # e.g. the linear probe: one pass of the backbone, not one per epoch
+        batches = FeatureBatches(frozen_features(model, batches, cfg.eval_batch_size, autocast),
+                                 batches.labels.to(device))
+        trained = _Classifier(model)
+    opt = make_optimizer(trained, cfg, device)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
-    step = make_step(model, opt, cfg, autocast)
+    step = make_step(trained, opt, cfg, autocast)
     gen = torch.Generator().manual_seed(seed)
     result = TrainResult(epochs_done=0)
     fits = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "keys": trainable_keys(model)}
@@ -144,7 +196,7 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
     done = result.epochs_done * steps_per_epoch
     check_every_step = device.type != "cuda"
     for epoch in range(result.epochs_done, cfg.epochs):
-        model.train()
+        trained.train()
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch, cfg.epochs)
         loss_sum = torch.zeros((), device=device)

@@ -1,0 +1,73 @@
+"""The shared loop: schedule, the linear probe's feature cache, precision choice."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit
+
+from peftbench.config import TrainConfig
+from peftbench.data.images import Batches, SplitData
+from peftbench.method_api import BuildContext
+from peftbench.registry import get_method
+from peftbench.train import effective_precision, evaluate, lr_at, train, uses_feature_cache
+
+CPU = torch.device("cpu")
+
+
+def _batches(n: int = 40, classes: int = 4) -> Batches:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8) + (labels * 50)[:, None, None, None].astype(np.uint8)
+    data = SplitData(images=images, labels=labels, checksum="t")
+    return Batches(data, (32, 32), (0.5,) * 3, (0.5,) * 3, "bicubic", CPU)
+
+
+def _build(method: str):
+    spec = get_method(method)
+    ctx = BuildContext(preprocess=None, device=CPU)
+    return spec.build(tiny_vit(4), 4, spec.config_cls(), ctx)
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = TrainConfig(epochs=10, warmup_epochs=2, lr=1.0, warmup_lr=0.0, min_lr=0.1)
+    assert lr_at(0, 5, cfg) == 0.0
+    assert lr_at(5, 5, cfg) == pytest.approx(0.5)
+    assert lr_at(10, 5, cfg) == pytest.approx(1.0)
+    assert lr_at(50, 5, cfg) == pytest.approx(0.1)
+    mid = lr_at(30, 5, cfg)
+    assert 0.1 < mid < 1.0 and mid == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 0.5)))
+
+
+def test_precision_defaults():
+    assert effective_precision(TrainConfig(), CPU) == "fp32"
+    assert effective_precision(TrainConfig(), torch.device("cuda")) == "bf16"
+    assert effective_precision(TrainConfig(precision="fp32"), torch.device("cuda")) == "fp32"
+
+
+def test_feature_cache_only_where_only_the_classifier_trains():
+    cfg = TrainConfig()
+    assert uses_feature_cache(_build("linear"), cfg)
+    assert not uses_feature_cache(_build("linear"), TrainConfig(cache_features=False))
+    assert not uses_feature_cache(_build("full"), cfg)
+    for name in ("vpt_deep", "vpt_shallow"):
+        assert not uses_feature_cache(_build(name), cfg)
+    model = _build("linear")
+    model.vit.blocks[0].mlp.fc1.weight.requires_grad_(True)  # a trunk parameter that trains: no cache
+    assert not uses_feature_cache(model, cfg)
+
+
+def test_linear_probe_feature_cache_matches_end_to_end():
+    batches = _batches()
+    model = _build("linear")
+    twin = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=3, batch_size=8, warmup_epochs=1, lr=0.05)
+    fast = train(model, batches, cfg, CPU, seed=3)
+    slow = train(twin, batches, TrainConfig(**{**cfg.__dict__, "cache_features": False}), CPU, seed=3)
+    np.testing.assert_allclose(fast.losses, slow.losses, rtol=1e-5)
+    for a, b in zip(model.get_classifier().parameters(), twin.get_classifier().parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert evaluate(model, batches, 16, "fp32", CPU) == evaluate(twin, batches, 16, "fp32", CPU)
