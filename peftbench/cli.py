@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import PeftbenchError
+from .errors import PeftbenchError, UsageError
 from .records import REPORT_DIRNAME
 from .registry import load_plugin
 
@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     i.add_argument("--json", action="store_true", help="print JSON")
 
+    syn = sub.add_parser("make-synthetic", help="a full-size stand-in for a suite: real split sizes and "
+                                                "native resolutions, random JPEG content (for timing)")
+    syn.add_argument("--like", default="vtab1k", help="the suite to imitate (default vtab1k)")
+    syn.add_argument("--out", type=Path, required=True, help="data root to create (VTAB-1k layout)")
+    syn.add_argument("--tasks", default="all")
+    syn.add_argument("--scale", type=float, default=1.0, help="fraction of each split's size (default 1.0)")
+    syn.add_argument("--seed", type=int, default=0)
+
     rep = sub.add_parser("report", help="tables and plots from the records of a runs folder")
     rep.add_argument("runs_dir", type=Path)
     rep.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report)")
@@ -192,6 +200,23 @@ def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) 
     summary = next((p for p in written if p.name == "summary.md"), None)
     console.print(f"report: {len(written)} file(s) in {out}" + (f"; start with {summary}" if summary else ""),
                   markup=False)
+
+
+def _cmd_make_synthetic(args: argparse.Namespace, console: Console) -> int:
+    from .data.synthetic import make_synthetic
+    from .data.tasks import resolve_tasks
+
+    if not 0 < args.scale <= 1:
+        raise UsageError(f"--scale {args.scale}: must be in (0, 1]")
+    tasks = resolve_tasks(args.tasks, args.like)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task(f"make-synthetic --like {args.like}", total=len(tasks))
+        make_synthetic(args.out, tasks, scale=args.scale, seed=args.seed,
+                       on_task=lambda name: progress.update(bar, advance=1, description=f"wrote {name}"))
+    console.print(f"{len(tasks)} synthetic task(s) in {args.out} (random content: timing only, not accuracy)",
+                  markup=False)
+    return 0
 
 
 def _cmd_methods(console: Console) -> int:
@@ -263,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_tasks(args, console)
         if args.command == "inspect":
             return _cmd_inspect(args, console)
+        if args.command == "make-synthetic":
+            return _cmd_make_synthetic(args, console)
         if args.command == "report":
             _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console)
             return 0

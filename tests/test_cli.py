@@ -127,3 +127,20 @@ def test_unreadable_checkpoint(vtab_root, tmp_path, capsys):
 def test_missing_data_root(tmp_path, capsys):
     _fails(RUN + ["--methods", "linear", "--tasks", "eurosat", "--data-root", str(tmp_path / "nope")], capsys,
            "no such folder")
+
+
+def test_make_synthetic_like_vtab1k(tmp_path):
+    from PIL import Image
+
+    from peftbench.data.splits import read_task_lists
+    from peftbench.data.tasks import resolve_tasks
+
+    assert main(["make-synthetic", "--out", str(tmp_path), "--tasks", "eurosat,clevr_count", "--scale", "0.005"]) == 0
+    for task in resolve_tasks("eurosat,clevr_count"):
+        lists = read_task_lists(tmp_path, task)
+        assert len(lists.splits["train800"]) == 4 and len(lists.splits["test"]) == round(task.test_size * 0.005)
+        first = lists.splits["test"][0].path
+        assert first.suffix == ".jpg"
+        w, h = (int(v) for v in task.native_resolution.split("x"))
+        assert Image.open(first).size == (w, h)
+    assert main(["make-synthetic", "--out", str(tmp_path), "--scale", "2"]) == 2

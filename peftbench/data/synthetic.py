@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +75,15 @@ def _native_hw(task: TaskSpec) -> tuple[int, int]:
 
 
 def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, seed: int = 0,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, on_task: Callable[[str], None] | None = None) -> Path:
     """A stand-in for a whole suite: the real split sizes (times ``scale``) and native resolutions, JPEG."""
     out = Path(out)
     for n, task in enumerate(tasks):
         folder = out / task.name
         if folder.exists():
             if not overwrite and (folder / "test.txt").is_file():
+                if on_task:
+                    on_task(task.name)
                 continue
             shutil.rmtree(folder)
         tmp = out / f".{task.name}.{os.getpid()}.tmp"
@@ -91,4 +93,6 @@ def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, see
                  "test": max(1, round(task.test_size * scale))}
         write_task(tmp, task.num_classes, sizes, _native_hw(task), seed=seed + n, formats=("jpg",))
         os.replace(tmp, folder)
+        if on_task:
+            on_task(task.name)
     return out
