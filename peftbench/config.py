@@ -39,6 +39,8 @@ class TrainConfig:
     drop_path: float = field(default=0.0, metadata={"help": "stochastic depth rate of the backbone"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32"})
     eval_batch_size: int = field(default=256, metadata={"help": "batch size for evaluation"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the training forward (pays off for long GPU runs; compile time is recorded)"})
     cache_features: bool = field(default=True, metadata={
         "help": "when only the classifier trains on frozen features (linear probe), compute them once"})
     bench_steps: int = field(default=10, metadata={"help": "timed steps for throughput (0 = skip)"})

@@ -217,6 +217,7 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
                        checkpoint=checkpoint)
         resumed_from = result.resumed_from
         metrics["final_train_loss"] = result.losses[-1]
+        metrics["first_step_s"] = result.first_step_s
         metrics["epochs_done"] = result.epochs_done
         wall["train"] = time.perf_counter() - t0
         phase = "evaluation"

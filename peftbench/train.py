@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -158,6 +159,7 @@ def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocas
 class TrainResult:
     epochs_done: int
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    first_step_s: float | None = None  # wall time of the first step (with --compile: the compilation)
     resumed_from: int = 0  # epochs restored from a checkpoint
 
 
@@ -181,7 +183,8 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         trained = _Classifier(model)
     opt = make_optimizer(trained, cfg, device)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
-    step = make_step(trained, opt, cfg, autocast)
+    # compiled with fixed shapes: one graph for the full batches, one for the last partial batch
+    step = make_step(torch.compile(trained, dynamic=False) if cfg.compile else trained, opt, cfg, autocast)
     gen = torch.Generator().manual_seed(seed)
     result = TrainResult(epochs_done=0)
     fits = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "keys": trainable_keys(model)}
@@ -202,7 +205,11 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for x, y in batches.iterate(cfg.batch_size, shuffle=True, generator=gen):
+            t0 = time.perf_counter()
             loss = step(x, y)
+            if result.first_step_s is None:
+                loss.item()  # wait for the step to finish
+                result.first_step_s = time.perf_counter() - t0
             done += 1
             if check_every_step and not math.isfinite(loss.item()):
                 raise Diverged(f"non-finite training loss at step {done} (epoch {epoch + 1})")

@@ -71,3 +71,16 @@ def test_linear_probe_feature_cache_matches_end_to_end():
     for a, b in zip(model.get_classifier().parameters(), twin.get_classifier().parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert evaluate(model, batches, 16, "fp32", CPU) == evaluate(twin, batches, 16, "fp32", CPU)
+
+
+def test_compile_gives_the_same_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    batches = _batches(n=20)
+    spec = get_method("vpt_deep")  # no prompt dropout: compiled code draws its random masks differently
+    model = spec.build(tiny_vit(4), 4, spec.config_cls(prompt_length=2, dropout=0.0), BuildContext(None, CPU))
+    twin = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=2, batch_size=8, warmup_epochs=0, lr=0.01)
+    eager = train(model, batches, cfg, CPU, seed=1)
+    compiled = train(twin, batches, TrainConfig(**{**cfg.__dict__, "compile": True}), CPU, seed=1)
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-4)
+    assert compiled.first_step_s > 0
