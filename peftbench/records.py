@@ -12,6 +12,9 @@ Schema (``SCHEMA_VERSION``)::
               final_train_loss, epochs_done}
     method_info {...}                                   what the method chose (e.g. SHIP layers)
     provenance {versions {...}, git_commit, git_dirty, device, hostname, argv, worker, resumed_from_epoch}
+
+An interrupted run writes no record (at most a training checkpoint under ``.checkpoints/``), so
+the same command picks it up again; there is deliberately no "interrupted" status.
 """
 
 from __future__ import annotations
