@@ -29,6 +29,9 @@ from typing import Any
 
 from .errors import PeftbenchError
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: the process's umask, for files created through mkstemp
+
 SCHEMA_VERSION = 1
 STATUSES = ("complete", "diverged", "oom", "failed")
 REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
@@ -61,6 +64,7 @@ def write_record(path: Path, record: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; records are shared between workers
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)

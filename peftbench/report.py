@@ -45,9 +45,9 @@ from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any, ClassVar
 
-from .data.tasks import GROUPS, SUITES
+from .data.tasks import BUILTIN_SUITE_MODULES, GROUPS, SUITES, suite_tasks
 from .errors import UsageError
-from .records import load_records, to_dataframe
+from .records import UMASK, load_records, to_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def task_layout(suite: str | None, tasks: Iterable[str]) -> Layout:
     """Suite order when the suite is known, else alphabetical; groups natural, specialized,
     structured, then anything else. Denominators count the whole suite when it is known."""
     shown = set(tasks)
+    if suite in BUILTIN_SUITE_MODULES:
+        suite_tasks(suite)  # a built-in suite defined in its own module registers itself on first use
     if suite in SUITES:
         specs = SUITES[suite]
         extra = sorted(shown - {s.name for s in specs})  # tasks the suite does not know
@@ -478,7 +480,7 @@ def _fmt_num(value: float | None, kind: str) -> str:
     if kind == "params":
         return f"{value:.1f}" if value >= 100 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
     if kind == "gflops":
-        return f"{value:.1f}"
+        return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
     if kind == "mem":
         return f"{value:.2f}"
     return f"{value:,.0f}"
@@ -916,6 +918,7 @@ def table_figures(table: Table, style: dict) -> dict[str, Any]:
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Write through a temporary file in the same folder, then rename: whole or absent."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; a report is for reading
     os.close(fd)
     try:
         write(Path(tmp))

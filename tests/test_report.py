@@ -253,3 +253,13 @@ def test_pareto_front_and_atomic_write(tmp_path):
     with pytest.raises(RuntimeError):
         report._atomic(target, boom)
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+def test_builtin_mini_suite_layout_without_prior_import():
+    import subprocess
+    import sys
+
+    code = ("from peftbench.report import task_layout; "
+            "print([(g, ts) for g, ts in task_layout('mini', ['count', 'digits', 'texture']).groups])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[('natural', ['digits']), ('specialized', ['texture']), ('structured', ['count'])]"
