@@ -18,10 +18,7 @@ import subprocess
 import sys
 
 import torch
-import torch.nn.functional as F
-
-KNOBS = {"vpt_deep": {"prompt_length": 50}, "vpt_shallow": {"prompt_length": 50},
-         "ship": {"prompt_length": 50, "layers": "0,2,4,6,8,11"}}
+from throughput import KNOBS, baseline_step  # the same baseline and method settings (benchmarks/)
 
 
 def one(method: str, backbone: str, img_size: int | None, batch: int, steps: int, device: torch.device) -> dict:
@@ -42,15 +39,8 @@ def one(method: str, backbone: str, img_size: int | None, batch: int, steps: int
     if method == "timm_baseline":
         model = timm.create_model(backbone, pretrained=False, num_classes=100,
                                   **({"img_size": img_size} if img_size else {})).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         size = model.patch_embed.img_size
-
-        def step(x, y):
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
+        step = baseline_step(model, device, autocast)
     else:
         bb = load_backbone(backbone, "none", img_size)
         size = bb.preprocess.img_size
