@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +63,7 @@ def test_only_trainable_parameters_change(method, tmp_path):
     model.train()
     if hasattr(model, "on_epoch_start"):
         model.on_epoch_start(cfg.epochs - 1, cfg.epochs)  # past any loss warm-up
-    step = make_step(model, opt, cfg, __import__("contextlib").nullcontext)
+    step = make_step(model, opt, cfg, contextlib.nullcontext)
     step(torch.randn(6, 3, 32, 32), torch.randint(0, NUM_CLASSES, (6,)))
     got_grad = 0
     for name, p in model.named_parameters():
