@@ -9,9 +9,7 @@ the same device. A damaged or mismatched file is reported and ignored: the run s
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .records import atomic_write
 
 FORMAT = 1
 
@@ -70,17 +70,7 @@ class Checkpointer:
         return self.every > 0 and epochs_done % self.every == 0 and epochs_done < epochs
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save({"format": FORMAT, **state}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
     def load(self, expect: dict[str, Any]) -> dict[str, Any] | None:
         """The saved state if it exists, is readable and matches ``expect`` (e.g. epochs); else None."""

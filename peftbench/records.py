@@ -23,7 +23,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,14 @@ class RecordError(PeftbenchError):
     """A record could not be written (e.g. a full disk): nothing partial was left behind."""
 
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
     """NaN / Infinity are not JSON: store them as null (the status says what happened)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 
@@ -58,34 +58,42 @@ def record_path(out: Path, record: dict) -> Path:
     return Path(out) / record["method"] / record["task"] / f"seed{record['seed']}-{record['run_id']}.json"
 
 
-def write_record(path: Path, record: dict) -> Path:
-    """Write to a temporary file in the same folder, fsync, rename: a record is whole or absent."""
+def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> Path:
+    """Write through a temporary file in the same folder, then rename: the file is whole or absent.
+
+    ``durable`` also fsyncs the file before the rename and the folder after it (records and
+    checkpoints must survive a crash; a report can simply be written again).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; records are shared between workers
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; results are shared and read by others
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(Path(tmp))
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    if durable:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some filesystems do not support fsync on directories
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass  # some filesystems do not support fsync on directories
     return path
+
+
+def write_record(path: Path, record: dict) -> Path:
+    """A record is whole or absent (atomic, fsynced); JSON without NaN / Infinity."""
+    text = json.dumps(finite(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def validate(record: Any) -> str | None:

@@ -32,9 +32,6 @@ import csv
 import io
 import json
 import logging
-import math
-import os
-import tempfile
 import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -47,7 +44,7 @@ from typing import Any, ClassVar
 
 from .data.tasks import BUILTIN_SUITE_MODULES, GROUPS, SUITES, suite_tasks
 from .errors import UsageError
-from .records import UMASK, load_records, to_dataframe
+from .records import atomic_write, finite, load_records, to_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -916,17 +913,7 @@ def table_figures(table: Table, style: dict) -> dict[str, Any]:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename: whole or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; a report is for reading
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, write, durable=False)  # a report can simply be written again
 
 
 def _atomic_text(path: Path, text: str) -> Path:
@@ -937,16 +924,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     return str(obj)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
@@ -970,7 +947,7 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
     written = [
         _atomic_text(out_dir / "summary.md", render_markdown(tables, records, problems, runs_dir)),
         _atomic_text(out_dir / "summary.csv", summary_csv(tables)),
-        _atomic_text(out_dir / "summary.json", json.dumps(_clean(summary_json(tables, records, problems, runs_dir)),
+        _atomic_text(out_dir / "summary.json", json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
                                                           indent=2, default=_json_default) + "\n"),
         _atomic(out_dir / "records.csv", lambda tmp: to_dataframe(records).to_csv(tmp, index=False)),
     ]
