@@ -7,7 +7,7 @@ from conftest import SMALL
 from PIL import Image
 
 from peftbench.data import images as images_mod
-from peftbench.data.images import Batches, load_split
+from peftbench.data.images import Batches, load_split, resize_like_pil
 from peftbench.data.splits import read_task_lists
 from peftbench.data.synthetic import write_task
 from peftbench.data.tasks import VTAB1K, resolve_tasks
@@ -142,3 +142,17 @@ def test_batches_normalise_and_resize_on_device(tmp_path):
     assert (x[0] - ref).abs().max() < 0.05  # within ~6/255 of PIL (uint8 rounding + kernel edge handling)
     batches = list(b.iterate(2, shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert sum(len(yb) for _, yb in batches) == 5
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])  # nearest: PIL and torch break ties apart
+@pytest.mark.parametrize("size", [(48, 48), (224, 224), (40, 56), (16, 64)])
+def test_device_resize_matches_pil_on_noisy_images(interpolation, size):
+    """Worst case for a resize: uniform noise, where bicubic overshoot is largest (PIL clips after each pass)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, 16, 32, 3), dtype=np.uint8)
+    x = resize_like_pil(torch.from_numpy(images).permute(0, 3, 1, 2).float(), size, interpolation)
+    pil = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[interpolation]
+    ref = np.stack([np.asarray(Image.fromarray(img).resize(size[::-1], pil)) for img in images])
+    diff = np.abs(x.permute(0, 2, 3, 1).numpy() - ref.astype(np.float32))
+    assert diff.max() <= 2, diff.max()  # grey levels of 255 (PIL's fixed-point rounding)
+    assert diff.mean() < 0.25
