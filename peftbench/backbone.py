@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from . import models  # noqa: F401  (registers the shipped vit_mini_patch4_32 with timm)
+from . import models  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
 from .errors import CheckpointError, UsageError
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import peftbench.data.mini as mini
-import peftbench.models  # noqa: F401 - registers vit_mini_patch4_32 with timm
+import peftbench.models  # noqa: F401 - registers vit_mini_patch8_32 with timm
 from peftbench.backbone import load_backbone
 from peftbench.data.images import Batches, load_split
 from peftbench.data.mini import MARKER, MINI_TASKS, ensure_mini_suite, list_checksums, pixel_checksum
