@@ -1,0 +1,148 @@
+"""Does the fast data path change accuracy? Train the same runs with it and with the reference PIL pipeline.
+
+The reference pipeline is what the methods' own repositories do every epoch: open the file
+with PIL, ``Resize(size, bicubic)`` → ``ToTensor`` → ``Normalize`` (torchvision transforms,
+on the CPU, per batch). peftbench decodes once, keeps uint8 and resizes / normalises on the
+device. This script runs ``peftbench.runner.run_sweep`` twice over the same methods, tasks and
+seeds — once as shipped, once with the batches built by the reference pipeline — and prints:
+
+- the largest difference between the two pipelines' input tensors (normalised units) per task;
+- test top-1 per run for both pipelines, the mean paired difference and the seed standard
+  deviation of the fast path, and whether the difference is within seed noise
+  (|mean difference| <= 2 x the standard error of the paired differences, or <= one test image).
+
+The mini suite's images are 32×32; at the backbone's own 32 px the resize is the identity, so
+the default runs at ``--img-size 48`` (position embeddings resampled by timm), where both
+pipelines must upsample.
+
+    python benchmarks/pil_parity.py                      # mini suite, vpt_deep, 2 tasks x 3 seeds, 48 px
+                                                         # (about 11 min on 2 CPU cores, most of it PIL)
+    python benchmarks/pil_parity.py --quick              # 1 task x 2 seeds, 2 epochs (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from peftbench import runner
+from peftbench.data.images import Batches, SplitData, load_split
+from peftbench.data.splits import Entry, read_task_lists
+from peftbench.data.tasks import resolve_tasks
+from peftbench.records import load_records
+
+_INTERP = {"bicubic": transforms.InterpolationMode.BICUBIC, "bilinear": transforms.InterpolationMode.BILINEAR,
+           "nearest": transforms.InterpolationMode.NEAREST}
+
+
+class ReferenceBatches(Batches):
+    """The per-epoch PIL pipeline behind the :class:`Batches` interface: decode, resize and normalise per batch."""
+
+    entries_by_checksum: dict[str, list[Entry]] = {}
+
+    def __init__(self, data: SplitData, target, mean, std, interpolation, device, pin=None):
+        super().__init__(data, target, mean, std, interpolation, device, pin)
+        self.entries = self.entries_by_checksum[data.checksum]
+        self.transform = transforms.Compose([
+            transforms.Resize(tuple(target), interpolation=_INTERP.get(interpolation, _INTERP["bicubic"])),
+            transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images = []
+        for i in idx:
+            with Image.open(self.entries[int(i)].path) as img:
+                images.append(self.transform(img.convert("RGB")))
+        return torch.stack(images).to(self.device), self.labels[idx].to(self.device)
+
+
+def max_input_difference(root: Path, suite: str, task_name: str, backbone) -> float:
+    """Largest |fast - reference| over the test split's model inputs, in normalised units."""
+    pre = backbone.preprocess
+    task = resolve_tasks(task_name, suite)[0]
+    entries = read_task_lists(root, task).splits["test"]
+    with tempfile.TemporaryDirectory() as cache:
+        data = load_split(entries, pre.img_size, pre.interpolation, "test", Path(cache))
+        ReferenceBatches.entries_by_checksum[data.checksum] = list(entries)
+        fast = Batches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
+        ref = ReferenceBatches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
+        worst = 0.0
+        for start in range(0, len(entries), 200):
+            idx = np.arange(start, min(start + 200, len(entries)))
+            worst = max(worst, float((fast.batch(idx)[0] - ref.batch(idx)[0]).abs().max()))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 task, 2 seeds, 2 epochs: checks the script runs")
+    ap.add_argument("--method", default="vpt_deep")
+    ap.add_argument("--tasks", default="digits,texture")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--img-size", type=int, default=48)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    if args.quick:
+        args.tasks, args.seeds, args.sets = args.tasks.split(",")[0], "0,1", [*args.sets, "epochs=2"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = runner.builtin_data_root("mini")
+    suite = runner.load_suite("mini", None)
+    backbone = runner.load_backbone(suite.backbone, runner.resolve_weights(suite.weights), args.img_size)
+    tasks = [t.name for t in resolve_tasks(args.tasks, "mini")]
+
+    # register every split's file list under its checksum, so ReferenceBatches can find the files
+    for name in tasks:
+        lists = read_task_lists(root, resolve_tasks(name, "mini")[0])
+        for split, entries in lists.splits.items():
+            with tempfile.TemporaryDirectory() as cache:
+                data = load_split(entries, backbone.preprocess.img_size, backbone.preprocess.interpolation, split,
+                                  Path(cache))
+            ReferenceBatches.entries_by_checksum[data.checksum] = list(entries)
+        diff = max_input_difference(root, "mini", name, backbone)
+        print(json.dumps({"task": name, "img_size": args.img_size, "max_abs_input_diff": round(diff, 4)}), flush=True)
+
+    results: dict[str, dict[tuple[str, int], float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pipeline in ("fast", "reference"):
+            out = Path(tmp) / pipeline
+            req = runner.SweepRequest(methods=[args.method], tasks=",".join(tasks), suite="mini", seeds=seeds,
+                                      out=out, img_size=args.img_size, cache_dir=Path(tmp) / "cache",
+                                      sets=["bench_steps=0", *args.sets])
+            if pipeline == "fast":
+                runner.run_sweep(req)
+            else:
+                with mock.patch.object(runner, "Batches", ReferenceBatches):
+                    runner.run_sweep(req)
+            results[pipeline] = {(r["task"], r["seed"]): r["metrics"]["test_top1"] for r in load_records(out)[0]}
+            for (task, seed), top1 in sorted(results[pipeline].items()):
+                print(json.dumps({"pipeline": pipeline, "task": task, "seed": seed, "test_top1": round(top1, 2)}),
+                      flush=True)
+
+    for name in tasks:
+        fast = [results["fast"][(name, s)] for s in seeds]
+        ref = [results["reference"][(name, s)] for s in seeds]
+        diffs = [f - r for f, r in zip(fast, ref)]
+        mean_diff = statistics.fmean(diffs)
+        sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        one_image = 100.0 / len(read_task_lists(root, resolve_tasks(name, "mini")[0]).splits["test"])
+        print(json.dumps({
+            "task": name, "method": args.method, "seeds": len(seeds),
+            "fast_mean": round(statistics.fmean(fast), 2),
+            "fast_seed_std": round(statistics.stdev(fast), 2) if len(fast) > 1 else None,
+            "reference_mean": round(statistics.fmean(ref), 2),
+            "mean_diff_fast_minus_reference": round(mean_diff, 2),
+            "paired_diff_sem": round(sem, 2),
+            "within_seed_noise": bool(abs(mean_diff) <= max(2 * sem, one_image))}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
