@@ -16,7 +16,7 @@ the default runs at ``--img-size 48`` (position embeddings resampled by timm), w
 pipelines must upsample.
 
     python benchmarks/pil_parity.py                      # mini suite, vpt_deep, 2 tasks x 3 seeds, 48 px
-                                                         # (about 11 min on 2 CPU cores, most of it PIL)
+                                                         # (6 min on 2 CPU cores; the PIL half takes longer)
     python benchmarks/pil_parity.py --quick              # 1 task x 2 seeds, 2 epochs (a smoke run)
 """
 
