@@ -92,7 +92,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.sets = args.tasks.split(",")[0], "0,1", [*args.sets, "epochs=2"]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in args.seeds.split(",")]
     root = runner.builtin_data_root("mini")
     suite = runner.load_suite("mini", None)

@@ -148,7 +148,8 @@ def resize_like_pil(x: torch.Tensor, size: tuple[int, int], interpolation: str) 
     unclipped 2-D pass lets the bicubic overshoot of the first pass through and differs from
     PIL by up to 15/255 there; two clipped passes stay within 2/255 (tests/test_data.py).
     """
-    mode = "nearest-exact" if interpolation == "nearest" else interpolation  # PIL's pixel-centre convention
+    # nearest: torch's "nearest-exact" uses PIL's pixel centres, but the two still break ties apart
+    mode = "nearest-exact" if interpolation == "nearest" else interpolation
     kwargs = {"mode": mode} if mode == "nearest-exact" else {"mode": mode, "antialias": True, "align_corners": False}
     height, width = size
     if x.shape[-1] != width:
