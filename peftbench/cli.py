@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", default="mini",
                    help="task suite: mini (built in, generated on first use; the default) or vtab1k (--data-root)")
     r.add_argument("--suite-file", type=Path, default=None,
-                   help="YAML with recipe overrides (default benchmarks/SUITE.yaml)")
+                   help="YAML with recipe overrides (default: the suite's own, peftbench/suites/SUITE.yaml)")
     r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
     r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
     _backbone_args(r, weights_default=None)

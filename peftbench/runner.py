@@ -126,7 +126,8 @@ def resolve_weights(weights: str) -> str:
 
 
 def default_suite_file(suite: str) -> Path | None:
-    path = REPO_ROOT / "benchmarks" / f"{suite}.yaml"
+    """The recipe shipped for a built-in suite (package data, so non-editable installs have it too)."""
+    path = Path(__file__).resolve().parent / "suites" / f"{suite}.yaml"
     return path if path.is_file() else None
 
 

@@ -144,3 +144,15 @@ def test_make_synthetic_like_vtab1k(tmp_path):
         w, h = (int(v) for v in task.native_resolution.split("x"))
         assert Image.open(first).size == (w, h)
     assert main(["make-synthetic", "--out", str(tmp_path), "--scale", "2"]) == 2
+
+
+def test_suite_recipes_ship_inside_the_package():
+    """Non-editable installs get the recipes too: they are package data, not files of the checkout."""
+    import peftbench
+    from peftbench.runner import default_suite_file, load_suite
+
+    package = Path(peftbench.__file__).resolve().parent
+    for suite in ("mini", "vtab1k"):
+        assert default_suite_file(suite).parent == package / "suites"
+    assert load_suite("mini", None).backbone == "vit_mini_patch8_32"
+    assert default_suite_file("no_such_suite") is None

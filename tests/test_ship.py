@@ -315,7 +315,7 @@ def test_too_few_images_for_the_prototypes_is_a_clear_error():
 
 
 def test_vtab1k_suite_carries_the_official_per_task_settings():
-    suite = load_suite_file(Path(__file__).parents[1] / "benchmarks" / "vtab1k.yaml")
+    suite = load_suite_file(Path(__file__).parents[1] / "peftbench" / "suites" / "vtab1k.yaml")
     for row in ROWS:
         tcfg, mcfg, _ = resolve(get_method("ship"), row["task"], suite, [])
         assert (tcfg.lr, tcfg.weight_decay) == (float(row["lr"]), float(row["weight_decay"])), row["task"]
