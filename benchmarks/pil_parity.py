@@ -64,20 +64,14 @@ class ReferenceBatches(Batches):
         return torch.stack(images).to(self.device), self.labels[idx].to(self.device)
 
 
-def max_input_difference(root: Path, suite: str, task_name: str, backbone) -> float:
-    """Largest |fast - reference| over the test split's model inputs, in normalised units."""
-    pre = backbone.preprocess
-    task = resolve_tasks(task_name, suite)[0]
-    entries = read_task_lists(root, task).splits["test"]
-    with tempfile.TemporaryDirectory() as cache:
-        data = load_split(entries, pre.img_size, pre.interpolation, "test", Path(cache))
-        ReferenceBatches.entries_by_checksum[data.checksum] = list(entries)
-        fast = Batches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
-        ref = ReferenceBatches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
-        worst = 0.0
-        for start in range(0, len(entries), 200):
-            idx = np.arange(start, min(start + 200, len(entries)))
-            worst = max(worst, float((fast.batch(idx)[0] - ref.batch(idx)[0]).abs().max()))
+def max_input_difference(data: SplitData, pre) -> float:
+    """Largest |fast - reference| over one split's model inputs, in normalised units."""
+    fast = Batches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
+    ref = ReferenceBatches(data, pre.img_size, pre.mean, pre.std, pre.interpolation, torch.device("cpu"))
+    worst = 0.0
+    for start in range(0, len(data), 200):
+        idx = np.arange(start, min(start + 200, len(data)))
+        worst = max(worst, float((fast.batch(idx)[0] - ref.batch(idx)[0]).abs().max()))
     return worst
 
 
@@ -98,23 +92,27 @@ def main() -> None:
     backbone = runner.load_backbone(suite.backbone, runner.resolve_weights(suite.weights), args.img_size)
     tasks = [t.name for t in resolve_tasks(args.tasks, "mini")]
 
-    # register every split's file list under its checksum, so ReferenceBatches can find the files
-    for name in tasks:
-        lists = read_task_lists(root, resolve_tasks(name, "mini")[0])
-        for split, entries in lists.splits.items():
-            with tempfile.TemporaryDirectory() as cache:
-                data = load_split(entries, backbone.preprocess.img_size, backbone.preprocess.interpolation, split,
-                                  Path(cache))
-            ReferenceBatches.entries_by_checksum[data.checksum] = list(entries)
-        diff = max_input_difference(root, "mini", name, backbone)
-        print(json.dumps({"task": name, "img_size": args.img_size, "max_abs_input_diff": round(diff, 4)}), flush=True)
-
+    pre = backbone.preprocess
     results: dict[str, dict[tuple[str, int], float]] = {}
+    test_size: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"  # decoded once here, then reused by both sweeps
+        # register every split's file list under its checksum, so ReferenceBatches can find the files
+        for name in tasks:
+            lists = read_task_lists(root, resolve_tasks(name, "mini")[0])
+            loaded = {split: load_split(entries, pre.img_size, pre.interpolation, split, cache)
+                      for split, entries in lists.splits.items()}
+            for split, data in loaded.items():
+                ReferenceBatches.entries_by_checksum[data.checksum] = list(lists.splits[split])
+            test_size[name] = len(loaded["test"])
+            diff = max_input_difference(loaded["test"], pre)
+            print(json.dumps({"task": name, "img_size": args.img_size, "max_abs_input_diff": round(diff, 4)}),
+                  flush=True)
+
         for pipeline in ("fast", "reference"):
             out = Path(tmp) / pipeline
             req = runner.SweepRequest(methods=[args.method], tasks=",".join(tasks), suite="mini", seeds=seeds,
-                                      out=out, img_size=args.img_size, cache_dir=Path(tmp) / "cache",
+                                      out=out, img_size=args.img_size, cache_dir=cache,
                                       sets=["bench_steps=0", *args.sets])
             if pipeline == "fast":
                 runner.run_sweep(req)
@@ -131,16 +129,16 @@ def main() -> None:
         ref = [results["reference"][(name, s)] for s in seeds]
         diffs = [f - r for f, r in zip(fast, ref)]
         mean_diff = statistics.fmean(diffs)
-        sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-        one_image = 100.0 / len(read_task_lists(root, resolve_tasks(name, "mini")[0]).splits["test"])
+        sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+        one_image = 100.0 / test_size[name]
         print(json.dumps({
             "task": name, "method": args.method, "seeds": len(seeds),
             "fast_mean": round(statistics.fmean(fast), 2),
             "fast_seed_std": round(statistics.stdev(fast), 2) if len(fast) > 1 else None,
             "reference_mean": round(statistics.fmean(ref), 2),
             "mean_diff_fast_minus_reference": round(mean_diff, 2),
-            "paired_diff_sem": round(sem, 2),
-            "within_seed_noise": bool(abs(mean_diff) <= max(2 * sem, one_image))}), flush=True)
+            "paired_diff_sem": None if sem is None else round(sem, 2),
+            "within_seed_noise": bool(abs(mean_diff) <= max(2 * (sem or 0.0), one_image))}), flush=True)
 
 
 if __name__ == "__main__":
