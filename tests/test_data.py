@@ -126,6 +126,11 @@ def test_large_images_resized_once_small_kept_native(tmp_path):
     assert np.array_equal(big.images[0], ref)  # exactly the reference PIL pipeline
     small = load_split(lists.splits["test"], (64, 64), "bicubic", "x", tmp_path / "c")
     assert small.images.shape[1:3] == (40, 48)  # stored native, resized per batch on the device
+    # smaller in area but wider than the input: PIL resizes it once, the device never downsamples
+    wide = load_split(lists.splits["test"], (64, 44), "bicubic", "x", tmp_path / "c")
+    assert wide.images.shape[1:3] == (64, 44)
+    ref = np.asarray(Image.open(lists.splits["test"][0].path).convert("RGB").resize((44, 64), Image.BICUBIC))
+    assert np.array_equal(wide.images[0], ref)
 
 
 def test_batches_normalise_and_resize_on_device(tmp_path):

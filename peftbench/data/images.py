@@ -1,8 +1,8 @@
 """Decode each image once, keep it as uint8, and turn index batches into model inputs on the device.
 
 A split is stored as one ``N×H×W×3`` uint8 array: at native size when every image of the
-split has the same size and that is no larger than the model's input (small VTAB images such
-as 32×32 CIFAR), otherwise resized once with PIL to the input size (exactly the reference
+split has the same size and that is no larger than the model's input in either dimension (small VTAB
+images such as 32×32 CIFAR), otherwise resized once with PIL to the input size (exactly the reference
 pipeline). The array lives in a cache file keyed by the list and the images' bytes, so a
 second process (or the next sweep) skips decoding and memory-maps it.
 """
@@ -103,7 +103,7 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
         raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
     distinct = set(sizes)
     native = distinct.pop() if len(distinct) == 1 else None
-    if native is not None and native[0] * native[1] <= target[0] * target[1]:
+    if native is not None and native[0] <= target[0] and native[1] <= target[1]:  # the device only upsamples
         out_hw = native
     else:
         out_hw = target
