@@ -1,0 +1,118 @@
+"""Tables (markdown, CSV, JSON) and plots from result records — nothing else (no GPU, no data).
+
+``write_report(runs_dir, out_dir)`` reads the records under ``runs_dir`` and writes into
+``out_dir``: ``summary.md``, ``summary.csv``, ``summary.json``, ``records.csv`` and, per table,
+four plots as PNG and SVG. Each file is written to a temporary name and renamed into place.
+
+The package: ``setting`` (which runs are comparable, which task columns), ``aggregate``
+(cells, averages, rows, tables on pandas), ``markdown``, ``export`` (CSV/JSON) and ``plots``.
+
+Files under ``runs_dir`` that are not records (corrupt JSON, wrong shape) are skipped: each
+message is passed to ``on_problem`` (default: a ``logging`` warning; the CLI passes its own
+printer) and listed by name in ``summary.md`` and ``summary.json``.
+
+How the numbers are made (the rules a reader of the report needs):
+
+- Only comparable runs share a table: the same suite, backbone name, weights checksum, image
+  size, protocol, epochs and precision. Each other combination gets its own table, headed by
+  what distinguishes it; a random-init backbone (weights ``none``) is flagged in its title.
+- A cell (method × task) is the mean ± sample std over the seeds that completed. A cell with no
+  completed seed is marked (``–`` no run, else its status) and left out of every mean; a cell
+  that lost some seeds is marked ``†``. Footnotes name both kinds.
+- Averages are means of cell means. "Mean (N tasks)" is the plain mean over tasks and "Mean of
+  group means" the mean of the natural / specialized / structured means — papers use both. An
+  average over fewer than all tasks of the suite says so, e.g. ``61.2 (17/19)``. Its ± is the
+  std over seeds of per-seed averages, shown when two or more seeds completed every task in it.
+- Costs (parameters, GFLOPs, images/s) are means over tasks of the complete runs; peak memory
+  is the largest over those runs.
+- Published numbers appear only as labelled reference rows under ours, for VTAB-1k tables that
+  report test accuracy; they never enter our means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..records import atomic_write, finite, load_records, to_dataframe
+from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
+from .export import summary_csv, summary_json, table_rows_flat
+from .markdown import markdown_table, render_markdown, render_status, table_columns
+from .plots import (
+    BAR_SIZE,
+    DPI,
+    SCATTER_SIZE,
+    _style,
+    heatmap_figsize,
+    pareto_front,
+    plot_accuracy_vs_params,
+    plot_accuracy_vs_throughput,
+    plot_group_means,
+    plot_heatmap,
+    table_figures,
+)
+from .setting import Layout, Setting, metric_name, setting_of, split_settings, task_layout
+
+__all__ = [
+    "BAR_SIZE", "DPI", "SCATTER_SIZE", "Average", "Cell", "Layout", "Row", "Setting", "Table", "heatmap_figsize",
+    "load_reference", "make_row", "markdown_table", "metric_name", "pareto_front", "plot_accuracy_vs_params",
+    "plot_accuracy_vs_throughput", "plot_group_means", "plot_heatmap", "render_markdown", "render_status",
+    "setting_of", "split_settings", "status_counts", "summary_csv", "summary_json", "summary_tables",
+    "table_columns", "table_figures", "table_rows_flat", "task_layout", "write_report", "_style",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    return atomic_write(path, write, durable=False)  # a report can simply be written again
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    return _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return list(obj)
+    return str(obj)
+
+
+def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
+                 on_problem: Callable[[str], None] | None = None) -> list[Path]:
+    """Read the records under ``runs_dir``, write the report into ``out_dir``; return the files.
+
+    Unreadable files are skipped; each message goes to ``on_problem`` (default: log warning)
+    and into summary.md / summary.json. Raises UsageError when there is no record at all.
+    """
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if not runs_dir.is_dir():
+        raise UsageError(f"runs folder '{runs_dir}' does not exist")
+    records, problems = load_records(runs_dir)
+    for problem in problems:
+        (on_problem or log.warning)(problem)
+    if not records:
+        extra = f" ({len(problems)} unreadable file(s) skipped)" if problems else ""
+        raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
+    tables = summary_tables(records, load_reference() if reference else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        _atomic_text(out_dir / "summary.md", render_markdown(tables, records, problems, runs_dir)),
+        _atomic_text(out_dir / "summary.csv", summary_csv(tables)),
+        _atomic_text(out_dir / "summary.json", json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
+                                                          indent=2, default=_json_default) + "\n"),
+        _atomic(out_dir / "records.csv", lambda tmp: to_dataframe(records).to_csv(tmp, index=False)),
+    ]
+    style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))
+    for table in tables:
+        for name, fig in table_figures(table, style).items():
+            for fmt in ("png", "svg"):
+                meta = {"Date": None} if fmt == "svg" else {"Software": None}
+                written.append(_atomic(out_dir / f"{name}.{fmt}",
+                                       lambda tmp, fig=fig, fmt=fmt, meta=meta: fig.savefig(
+                                           tmp, format=fmt, dpi=DPI, metadata=meta)))
+    return written

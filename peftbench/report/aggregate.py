@@ -1,0 +1,333 @@
+"""Cells, averages, rows and tables: the aggregation of records into what the report shows.
+
+Pure functions of the records (no files, no plots): ``summary_tables(records, reference)``
+returns one ``Table`` per comparable setting (see ``setting.py``); the rules are in the
+package docstring.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+import pandas as pd
+
+from .setting import Layout, Setting, metric_name, split_settings, task_layout
+
+REFERENCE_SUITE = "vtab1k"
+STATUS_TEXT = {"diverged": "diverged", "oom": "OOM", "failed": "failed"}
+_CAVEAT_MARKERS = ("best test", "test-set selection")  # reference protocols that selected on test
+
+# ----------------------------------------------------------------------------------------------
+# cells, averages, rows, tables
+
+
+@dataclass
+class Cell:
+    by_seed: dict[int, float] = field(default_factory=dict)  # completed seeds → accuracy (%)
+    failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # seed → (status, reason)
+
+    @property
+    def mean(self) -> float | None:
+        return fmean(self.by_seed.values()) if self.by_seed else None
+
+    @property
+    def std(self) -> float | None:
+        return stdev(self.by_seed.values()) if len(self.by_seed) >= 2 else None
+
+
+@dataclass
+class Average:
+    mean: float | None
+    std: float | None
+    n: int  # tasks in it
+    total: int  # tasks it should have
+    per_seed: dict[int, float]
+
+    @property
+    def partial(self) -> bool:
+        return self.n < self.total
+
+
+def _average(cells: list[Cell], total: int) -> Average:
+    used = [c for c in cells if c.by_seed]
+    if not used:
+        return Average(None, None, 0, total, {})
+    common = set.intersection(*(set(c.by_seed) for c in used))
+    per_seed = {s: fmean(c.by_seed[s] for c in used) for s in sorted(common)}
+    std = stdev(per_seed.values()) if len(per_seed) >= 2 else None
+    return Average(fmean(c.mean for c in used), std, len(used), total, per_seed)
+
+
+def _mean_of_averages(avgs: list[Average], total: int) -> Average:
+    used = [a for a in avgs if a.mean is not None]
+    if not used:
+        return Average(None, None, 0, total, {})
+    common = set.intersection(*(set(a.per_seed) for a in used))
+    per_seed = {s: fmean(a.per_seed[s] for a in used) for s in sorted(common)}
+    std = stdev(per_seed.values()) if len(per_seed) >= 2 else None
+    return Average(fmean(a.mean for a in used), std, sum(a.n for a in used), total, per_seed)
+
+
+@dataclass
+class Row:
+    method: str
+    source: str  # "peftbench" or "published"
+    cells: dict[str, Cell]
+    group_means: dict[str, Average]
+    mean_tasks: Average
+    mean_groups: Average | None  # None when the table has a single group
+    costs: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    caveat: str | None = None  # published rows: protocol caveat carried on the row
+    footnote: int | None = None  # published rows: number of the source footnote
+
+    @property
+    def label(self) -> str:
+        if self.source == "peftbench":
+            return self.method
+        text = f"{self.method} (published [{self.footnote}])"
+        return f"{text} ⚠ {self.caveat}" if self.caveat else text
+
+    @property
+    def seed_text(self) -> str:
+        if self.source != "peftbench":
+            return ""
+        counts = sorted({len(c.by_seed) for c in self.cells.values() if c.by_seed})
+        if not counts:
+            return "0"
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def make_row(method: str, source: str, cells: dict[str, Cell], layout: Layout) -> Row:
+    group_means = {g: _average([cells[t] for t in tasks if t in cells], layout.group_totals.get(g, len(tasks)))
+                   for g, tasks in layout.groups}
+    mean_tasks = _average([cells[t] for t in layout.tasks if t in cells], layout.total)
+    mean_groups = None
+    if len(layout.groups) >= 2:
+        mean_groups = _mean_of_averages(list(group_means.values()), layout.total)
+    seeds = sorted({s for c in cells.values() for s in c.by_seed})
+    return Row(method, source, cells, group_means, mean_tasks, mean_groups, seeds=seeds)
+
+
+COST_KEYS = ("params_m", "params_excl_head_m", "gflops", "train_img_per_s", "infer_img_per_s")
+
+
+def _cost_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record: its task and its costs in the report's units (NaN where not measured)."""
+    rows = []
+    for rec in records:
+        m = rec.get("metrics") or {}
+        trainable, head, mem = m.get("trainable_params"), m.get("head_params"), m.get("peak_mem_bytes")
+        rows.append({
+            "task": rec["task"],
+            "params_m": None if trainable is None else trainable / 1e6,
+            "params_excl_head_m": None if trainable is None or head is None else max(trainable - head, 0) / 1e6,
+            **{key: m.get(key) for key in ("gflops", "train_img_per_s", "infer_img_per_s")},
+            "peak_mem_gib": None if mem is None else mem / 2**30,
+            "peak_mem_kind": None if mem is None else (m.get("peak_mem_kind") or "unknown"),
+            "device": (rec.get("provenance") or {}).get("device") or None,
+        })
+    frame = pd.DataFrame(rows, columns=["task", *COST_KEYS, "peak_mem_gib", "peak_mem_kind", "device"])
+    return frame.astype({key: float for key in (*COST_KEYS, "peak_mem_gib")})
+
+
+def _costs(records: list[dict]) -> dict[str, Any]:
+    """Per-task means of the complete runs, then the mean over tasks (a task with more seeds
+    does not weigh more); peak memory: the maximum over the runs."""
+    frame = _cost_frame(records)
+    over_tasks = frame.groupby("task")[list(COST_KEYS)].mean().mean()  # NaN-skipping at both levels
+    out: dict[str, Any] = {key: _number(over_tasks.get(key)) for key in COST_KEYS}
+    out["peak_mem_gib"] = _number(frame["peak_mem_gib"].max())
+    out["peak_mem_kind"] = sorted(frame["peak_mem_kind"].dropna().unique())
+    out["devices"] = sorted(frame["device"].dropna().unique())
+    return out
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+@dataclass
+class Table:
+    number: int
+    setting: Setting
+    layout: Layout
+    rows: list[Row]  # ours
+    references: list[Row]
+    weights_names: list[str]
+    devices: list[str]
+    mem_kinds: list[str]
+    notes: list[str]  # footnotes about cells (missing, failed, fewer seeds, duplicates)
+    reference_notes: list[str]
+    differs_from_first: list[str]
+
+    @property
+    def random_init(self) -> bool:
+        return "none" in self.weights_names
+
+    @property
+    def metric(self) -> str:
+        return metric_name(self.setting.protocol)
+
+    def title(self) -> str:
+        s = self.setting
+        size = "×".join(str(v) for v in s.img_size) or "?"
+        weights = ", ".join(w if w in ("none", "pretrained") else Path(w).name for w in self.weights_names)
+        checksum = f", checksum {s.weights[:12]}" if s.weights and s.weights not in self.weights_names else ""
+        metric = "val200 top-1" if self.metric == "val_top1" else "test top-1"
+        flag = "⚠ RANDOM-INIT BACKBONE (weights: none) — " if self.random_init else ""
+        return (f"{flag}{s.backbone} (weights {weights}{checksum}) · {size} px · suite {s.suite} · "
+                f"protocol {s.protocol} ({metric}, %) · {s.epochs} epochs · {s.precision or 'precision unresolved'}")
+
+    def short_title(self) -> str:
+        s = self.setting
+        size = "×".join(str(v) for v in s.img_size)
+        flag = " · RANDOM INIT" if self.random_init else ""
+        precision = s.precision or "precision unresolved"
+        return f"Table {self.number}: {s.backbone} · {s.protocol} · {s.epochs} ep · {size} · {precision}{flag}"
+
+
+def _latest(records: list[dict]) -> tuple[dict[tuple, dict], int]:
+    """One record per (method, task, seed): the newest; the count of superseded ones."""
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_key[(rec["method"], rec["task"], rec["seed"])].append(rec)
+    chosen = {k: max(v, key=lambda r: (str(r.get("created") or ""), r.get("_path", ""))) for k, v in by_key.items()}
+    return chosen, len(records) - len(chosen)
+
+
+def _method_cells(chosen: dict[tuple, dict], method: str, metric: str) -> dict[str, Cell]:
+    cells: dict[str, Cell] = defaultdict(Cell)
+    for (m, task, seed), rec in chosen.items():
+        if m != method:
+            continue
+        acc = (rec.get("metrics") or {}).get(metric)
+        if rec["status"] == "complete" and acc is not None:
+            cells[task].by_seed[seed] = float(acc)
+        elif rec["status"] == "complete":
+            cells[task].failed[seed] = ("failed", f"no {metric} in the record")
+        else:
+            cells[task].failed[seed] = (rec["status"], one_line(rec.get("reason") or ""))
+    return dict(cells)
+
+
+def load_reference(path: Path | None = None) -> list[dict]:
+    """Published per-task accuracies (method, task, top1, protocol, source[, params_m])."""
+    if path is None:
+        text = resources.files("peftbench").joinpath("resources/published_vtab1k.csv").read_text()
+    else:
+        text = Path(path).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _reference_rows(reference: list[dict], layout: Layout) -> tuple[list[Row], list[str]]:
+    by_method: dict[str, list[dict]] = {}
+    for line in reference:
+        by_method.setdefault(line["method"], []).append(line)
+    sources: dict[tuple[str, str], int] = {}
+    rows = []
+    for method, lines in by_method.items():
+        cells = {ln["task"]: Cell({0: float(ln["top1"])}) for ln in lines if ln["task"] in layout.tasks}
+        if not cells:
+            continue
+        row = make_row(method, "published", cells, layout)
+        note_key = (lines[0]["source"], lines[0]["protocol"])
+        row.footnote = sources.setdefault(note_key, len(sources) + 1)
+        protocol = lines[0]["protocol"]
+        if any(marker in protocol.lower() for marker in _CAVEAT_MARKERS):
+            row.caveat = protocol
+        params = [float(ln["params_m"]) for ln in lines if ln.get("params_m")]
+        row.costs = {"params_m": fmean(params) if params else None}
+        rows.append(row)
+    notes = [f"[{n}] {source}. Protocol: {protocol}." for (source, protocol), n in sources.items()]
+    return rows, notes
+
+
+def summary_tables(records: list[dict], reference: list[dict] | None = None) -> list[Table]:
+    """Records → one Table per comparable setting (pure; no files)."""
+    tables: list[Table] = []
+    for number, (setting, recs) in enumerate(split_settings(records).items(), start=1):
+        chosen, superseded = _latest(recs)
+        metric = metric_name(setting.protocol)
+        layout = task_layout(setting.suite, {t for (_, t, _) in chosen})
+        rows = []
+        for method in sorted({m for (m, _, _) in chosen}):
+            row = make_row(method, "peftbench", _method_cells(chosen, method, metric), layout)
+            row.costs = _costs([r for (m, _, _), r in chosen.items() if m == method and r["status"] == "complete"])
+            rows.append(row)
+        notes = _cell_notes(rows, layout)
+        if superseded:
+            notes.append(f"{superseded} older run(s) of the same method, task and seed were superseded by newer "
+                         "records and ignored.")
+        weights_names = sorted({str((r.get("backbone") or {}).get("weights")) for r in recs})
+        refs, ref_notes = [], []
+        if reference is not None:
+            if setting.suite != REFERENCE_SUITE:
+                ref_notes = ["No published reference rows: they are VTAB-1k numbers and this table is for "
+                             + f"suite '{setting.suite}'."]
+            elif "none" in weights_names:
+                ref_notes = ["No published reference rows: they come from a pre-trained backbone and this table's "
+                             + "backbone is randomly initialised."]
+            elif setting.protocol == "val":
+                ref_notes = ["No published reference rows: they are test accuracies and this table reports "
+                             + "val200 accuracy."]
+            else:
+                refs, ref_notes = _reference_rows(reference, layout)
+        mem_kinds = {(r.get("metrics") or {}).get("peak_mem_kind") for r in recs if r["status"] == "complete"}
+        tables.append(Table(
+            number=number, setting=setting, layout=layout, rows=rows, references=refs,
+            weights_names=weights_names,
+            devices=sorted({d for row in rows for d in row.costs["devices"]}),
+            mem_kinds=sorted(k for k in mem_kinds if k),
+            notes=notes, reference_notes=ref_notes,
+            differs_from_first=setting.differences(tables[0].setting) if tables else []))
+    return tables
+
+
+def _cell_notes(rows: list[Row], layout: Layout) -> list[str]:
+    excluded: list[str] = []
+    fewer: list[str] = []
+    for row in rows:
+        out = []
+        for task in layout.tasks:
+            cell = row.cells.get(task)
+            if cell is None:
+                out.append(f"{task} (no run)")
+            elif not cell.by_seed:
+                out.append(f"{task} ({_failures(cell)})")
+            elif cell.failed:
+                fewer.append(f"{row.method} / {task}: over {len(cell.by_seed)} of "
+                             f"{len(cell.by_seed) + len(cell.failed)} seeds; {_failures(cell)}")
+        if out:
+            excluded.append(f"{row.method}: " + ", ".join(out))
+    notes = []
+    if excluded:
+        notes.append("Not in the means (no completed run): " + "; ".join(excluded) + ".")
+    if fewer:
+        notes.append("† " + "; ".join(fewer) + ".")
+    return notes
+
+
+def _failures(cell: Cell) -> str:
+    parts = []
+    for seed, (status, reason) in sorted(cell.failed.items()):
+        parts.append(f"seed {seed} {status}" + (f": {reason}" if reason else ""))
+    return ", ".join(parts)
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def status_counts(records: list[dict]) -> dict[str, int]:
+    counts = Counter(r["status"] for r in records)
+    return {s: counts.get(s, 0) for s in ("complete", "diverged", "oom", "failed")} | {
+        s: n for s, n in counts.items() if s not in ("complete", "diverged", "oom", "failed")}

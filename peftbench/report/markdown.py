@@ -1,0 +1,176 @@
+"""summary.md: the tables in the papers' form, their footnotes, and the run status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .aggregate import STATUS_TEXT, Average, Cell, Row, Table, one_line, status_counts
+from .plots import plot_names
+from .setting import Layout
+
+
+def _fmt_acc(value: float | None, std: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def _fmt_avg(avg: Average | None) -> str:
+    if avg is None or avg.mean is None:
+        return "–"
+    return _fmt_acc(avg.mean, avg.std) + (f" ({avg.n}/{avg.total})" if avg.partial else "")
+
+
+def _fmt_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return "–"
+    if not cell.by_seed:
+        return "/".join(sorted({STATUS_TEXT.get(s, s) for s, _ in cell.failed.values()}))
+    return _fmt_acc(cell.mean, cell.std) + ("†" if cell.failed else "")
+
+
+def _fmt_num(value: float | None, kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "params":
+        return f"{value:.1f}" if value >= 100 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    if kind == "gflops":
+        return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    if kind == "mem":
+        return f"{value:.2f}"
+    return f"{value:,.0f}"
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def table_columns(layout: Layout) -> list[tuple[str, str]]:
+    """(column id, header) in display order: tasks with each group's mean after the group."""
+    cols = [("method", "Method")]
+    several = len(layout.groups) >= 2
+    for group, tasks in layout.groups:
+        cols += [(f"task:{t}", t) for t in tasks]
+        if several:
+            cols.append((f"group:{group}", f"{group.capitalize()} mean"))
+    cols.append(("mean_tasks", f"Mean ({layout.total} tasks)"))
+    if several:
+        cols.append(("mean_groups", f"Mean of {len(layout.groups)} group means"))
+    cols += [("params_m", "Params (M)"), ("params_excl_head_m", "Params excl. head (M)"),
+             ("gflops", "GFLOPs"), ("train_img_per_s", "Train img/s"), ("infer_img_per_s", "Infer img/s"),
+             ("peak_mem_gib", "Peak mem (GiB)"), ("seeds", "Seeds")]
+    return cols
+
+
+def _row_cells(row: Row, cols: list[tuple[str, str]], mixed_mem: bool) -> list[str]:
+    out = []
+    for col, _ in cols:
+        kind, _, name = col.partition(":")
+        if col == "method":
+            out.append(row.label)
+        elif kind == "task":
+            cell = row.cells.get(name)
+            out.append(_fmt_cell(cell))
+        elif kind == "group":
+            out.append(_fmt_avg(row.group_means.get(name)))
+        elif col == "mean_tasks":
+            out.append(_fmt_avg(row.mean_tasks))
+        elif col == "mean_groups":
+            out.append(_fmt_avg(row.mean_groups))
+        elif col == "seeds":
+            out.append(row.seed_text)
+        elif col == "peak_mem_gib":
+            text = _fmt_num(row.costs.get(col), "mem")
+            if text and mixed_mem:
+                text += " (" + "/".join(_MEM_KIND.get(k, k) for k in row.costs.get("peak_mem_kind", [])) + ")"
+            out.append(text)
+        else:
+            kind = "params" if col.startswith("params") else "gflops" if col == "gflops" else "rate"
+            out.append(_fmt_num(row.costs.get(col), kind))
+    return out
+
+
+_MEM_KIND = {"cuda_max_allocated": "CUDA max allocated", "process_peak_rss": "process peak RSS"}
+
+
+def markdown_table(table: Table) -> list[str]:
+    """The table in the papers' form: our rows, then the published reference rows."""
+    cols = table_columns(table.layout)
+    mixed_mem = len(table.mem_kinds) > 1
+    lines = ["| " + " | ".join(_esc(h) for _, h in cols) + " |",
+             "|" + "|".join(":---" if c == "method" else "---:" for c, _ in cols) + "|"]
+    for row in [*table.rows, *table.references]:
+        lines.append("| " + " | ".join(_esc(v) for v in _row_cells(row, cols, mixed_mem)) + " |")
+    return lines
+
+
+_PLOT_CAPTIONS = {
+    "accuracy_vs_params": "Mean top-1 vs trainable parameters",
+    "heatmap": "Per-task top-1",
+    "accuracy_vs_throughput": "Mean top-1 vs inference throughput",
+    "group_means": "Group means",
+}
+
+
+def render_markdown(tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
+                    generated: str | None = None) -> str:
+    """The whole summary.md (pure: tables and records in, text out)."""
+    generated = generated or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    counts = status_counts(records)
+    out = ["# peftbench report", "",
+           f"Generated {generated} from `{runs_dir}`: {len(records)} record(s) in {len(tables)} table(s) — "
+           + ", ".join(f"{n} {s}" for s, n in counts.items())
+           + (f"; {len(problems)} unreadable file(s) skipped." if problems else "."), ""]
+    if len(tables) > 1:
+        out += ["Runs that are not comparable (backbone, weights, image size, protocol, epochs, precision or "
+                + "suite differ) are in separate tables.", ""]
+    for table in tables:
+        out += [f"## Table {table.number} — {table.title()}", ""]
+        if table.differs_from_first:
+            out += [f"Differs from Table 1 in: {', '.join(table.differs_from_first)}.", ""]
+        out += markdown_table(table) + [""]
+        out += [f"- {note}" for note in [*table.notes, *_column_notes(table), *table.reference_notes]]
+        out.append("")
+        for kind, name in plot_names(table.number).items():
+            out.append(f"![{_PLOT_CAPTIONS[kind]} (Table {table.number})]({name}.png)")
+        out.append("")
+    out += render_status(records, runs_dir)
+    if problems:
+        out += ["", "## Skipped files", "", *[f"- {_esc(one_line(p, 400))}" for p in problems]]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _column_notes(table: Table) -> list[str]:
+    notes = ["Cells: mean ± sample std over seeds (± only with 2 or more seeds); averages are means of the cells, "
+             + "their ± the std of per-seed averages; (n/N) marks an average over n of the suite's N tasks."]
+    notes.append("Params: trainable parameters in millions, mean over tasks, with and without the classifier "
+                 "head; GFLOPs: inference per image; img/s: training and inference throughput; all from "
+                 "complete runs.")
+    if table.mem_kinds:
+        kinds = ", ".join(_MEM_KIND.get(k, k) for k in table.mem_kinds)
+        notes.append(f"Peak mem: largest over the runs ({kinds})"
+                     + ("; the kinds differ between runs, so the numbers are not comparable." if len(
+                         table.mem_kinds) > 1 else "."))
+    if len(table.devices) > 1:
+        notes.append("Throughput measured on different devices (" + ", ".join(table.devices)
+                     + "): images/s are not comparable across them.")
+    elif table.devices:
+        notes.append(f"Device: {table.devices[0]}.")
+    if table.references and not any(r.costs.get("params_m") for r in table.references):
+        notes.append("Published rows have no parameter counts in the reference file, so they are absent from "
+                     "the accuracy-vs-parameters plot.")
+    return notes
+
+
+def render_status(records: list[dict], runs_dir: Path) -> list[str]:
+    out = ["## Run status", "", "| status | runs |", "|:---|---:|"]
+    out += [f"| {s} | {n} |" for s, n in status_counts(records).items()]
+    bad = sorted((r for r in records if r["status"] != "complete"),
+                 key=lambda r: (r["method"], r["task"], r["seed"]))
+    if bad:
+        out += ["", "Runs that did not complete:", "", "| method | task | seed | status | reason |",
+                "|:---|:---|---:|:---|:---|"]
+        out += [f"| {_esc(r['method'])} | {_esc(r['task'])} | {r['seed']} | {r['status']} | "
+                f"{_esc(one_line(r.get('reason') or ''))} |" for r in bad]
+    return out
