@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from . import models  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
+from .config import DEFAULT_BACKBONE  # its home is config.py (torch-free); runner imports it from here
 from .errors import CheckpointError, UsageError
 
-DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 CLASSIFIER_PREFIXES = ("head.",)
 
 

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
-    from .backbone import DEFAULT_BACKBONE
+    from .config import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=None,
                    help=f"timm ViT name (default: the suite's; vtab1k: {DEFAULT_BACKBONE})")
@@ -246,7 +246,7 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .backbone import DEFAULT_BACKBONE
+    from .config import DEFAULT_BACKBONE
     from .runner import inspect_method
 
     info = inspect_method(args.method, args.backbone or DEFAULT_BACKBONE, args.weights, args.num_classes,

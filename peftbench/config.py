@@ -19,6 +19,9 @@ import yaml
 from .errors import UsageError
 from .registry import MethodSpec, available_methods, did_you_mean
 
+# here, not in backbone.py, so that the CLI's help text does not import torch
+DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
+
 
 @dataclass
 class TrainConfig:

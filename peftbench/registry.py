@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 
-BuildFn = Callable[..., nn.Module]
+if TYPE_CHECKING:  # torch is heavy (~2 s): `peftbench report` and `tasks` must not pay for it
+    from torch import nn
+
+BuildFn = Callable[..., "nn.Module"]
 
 
 @dataclass(frozen=True)
