@@ -27,7 +27,6 @@ model); the default here is the paper's 10-epoch warm-up, ``matching_warmup=0`` 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftbench.atomic import atomic_write
 from peftbench.backbone import embed_tokens, freeze, logits_from_tokens
 from peftbench.data.images import Batches
 from peftbench.errors import DataError, UsageError
@@ -165,15 +165,11 @@ def kmeans_prototypes(features: np.ndarray, k: int) -> np.ndarray:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
             np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write, durable=False)  # a cache: recomputed if lost
 
 
 def _load_npy(path: Path, shape: tuple[int | None, ...], what: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .records import atomic_write
+from .atomic import atomic_write
 
 FORMAT = 1
 

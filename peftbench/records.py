@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write  # records.atomic_write stays importable for older callers
 from .errors import PeftbenchError
-
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # read once: the process's umask, for files created through mkstemp
 
 SCHEMA_VERSION = 1
 STATUSES = ("complete", "diverged", "oom", "failed")
@@ -56,38 +52,6 @@ def finite(obj: Any) -> Any:
 
 def record_path(out: Path, record: dict) -> Path:
     return Path(out) / record["method"] / record["task"] / f"seed{record['seed']}-{record['run_id']}.json"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> Path:
-    """Write through a temporary file in the same folder, then rename: the file is whole or absent.
-
-    ``durable`` also fsyncs the file before the rename and the folder after it (records and
-    checkpoints must survive a crash; a report can simply be written again).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; results are shared and read by others
-    try:
-        write(Path(tmp))
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass  # some filesystems do not support fsync on directories
-    return path
 
 
 def write_record(path: Path, record: dict) -> Path:

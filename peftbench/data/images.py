@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import atomic_write
 from ..errors import DataError
 from .splits import Entry
 
@@ -108,11 +110,9 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
     else:
         out_hw = target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = img_file.with_name(f"{img_file.name}.{os.getpid()}.tmp")
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), *out_hw, 3))
     resample = _PIL_INTERP.get(interpolation, Image.BICUBIC)
 
-    def decode_into(i: int) -> None:
+    def decode_into(images: np.ndarray, i: int) -> None:
         e = entries[i]
         try:
             img = _decode(e.path.read_bytes())
@@ -125,17 +125,16 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
         if advance:
             advance(1)
 
-    try:
+    def write(tmp: Path) -> None:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), *out_hw, 3))
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(decode_into, range(len(entries))))
+            list(pool.map(partial(decode_into, images), range(len(entries))))
         if problems:
             raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
         images.flush()
-        images = None  # close the memory map before the rename
-        os.replace(tmp, img_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        del images  # close the memory map before the rename
+
+    atomic_write(img_file, write, durable=False)  # a cache: decoded again if lost
     return SplitData(images=np.load(img_file, mmap_mode="r"), labels=labels, checksum=checksum)
 
 

@@ -22,9 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_folder
 from ..errors import DataError
 from .images import default_cache_dir
 from .splits import SPLITS
@@ -380,23 +378,17 @@ def ensure_mini_suite(root: Path | None = None) -> Path:
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: exists but holds no complete mini suite ({MARKER} is missing); "
                         "remove it or choose another folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def write(tmp: Path) -> None:
         digest = hashlib.sha256()
         for task in MINI_TASKS:
             _write_task(task, tmp / task.name, digest)
         marker = {"suite": "mini", "version": VERSION, "tasks": [t.name for t in MINI_TASKS],
                   "pixel_checksum": digest.hexdigest()}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-        try:
-            os.rename(tmp, root)  # replaces an empty folder; fails if another caller got there first
-        except OSError:
-            if not (root / MARKER).is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    if not atomic_folder(root, write) and not (root / MARKER).is_file():  # lost the race: the winner's must be whole
+        raise DataError(f"{root}: another process wrote it, but without {MARKER}; remove it and retry")
     return root
 
 

@@ -6,7 +6,6 @@ so accuracy above chance means the pipeline works; the content is otherwise rand
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_folder
 from .splits import SPLITS
 from .tasks import TaskSpec
 
@@ -86,13 +86,10 @@ def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, see
                     on_task(task.name)
                 continue
             shutil.rmtree(folder)
-        tmp = out / f".{task.name}.{os.getpid()}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         sizes = {"train800": max(1, round(800 * scale)), "val200": max(1, round(200 * scale)),
                  "test": max(1, round(task.test_size * scale))}
-        write_task(tmp, task.num_classes, sizes, _native_hw(task), seed=seed + n, formats=("jpg",))
-        os.replace(tmp, folder)
+        atomic_folder(folder, lambda tmp, task=task, sizes=sizes, n=n: write_task(
+            tmp, task.num_classes, sizes, _native_hw(task), seed=seed + n, formats=("jpg",)))
         if on_task:
             on_task(task.name)
     return out

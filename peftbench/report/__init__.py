@@ -37,8 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import UsageError
-from ..records import atomic_write, finite, load_records, to_dataframe
+from ..records import finite, load_records, to_dataframe
 from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
 from .export import summary_csv, summary_json, table_rows_flat
 from .markdown import markdown_table, render_markdown, render_status, table_columns

@@ -1,0 +1,78 @@
+"""The one way peftbench writes a file or a folder: whole or absent, never half-written.
+
+Everything goes through a temporary sibling (same filesystem, so the final ``os.replace`` is
+atomic) that is removed again when the writer fails or is interrupted. Records, checkpoints,
+reports, decoded-image caches, SHIP's prototype banks and generated suites all use it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: the process's umask, for what mkstemp / mkdtemp create private
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> Path:
+    """Write through a temporary file in the same folder, then rename: the file is whole or absent.
+
+    ``write(tmp)`` fills the temporary file (it exists, empty). ``durable`` also fsyncs the file
+    before the rename and the folder after it (records and checkpoints must survive a crash;
+    a report or a cache can simply be written again).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; results are shared and read by others
+    try:
+        write(Path(tmp))
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+    return path
+
+
+def atomic_folder(path: Path, write: Callable[[Path], None]) -> bool:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``path``.
+
+    ``path`` may be absent or an empty folder. Returns False, discarding our copy, when another
+    writer renamed a non-empty folder into place first (concurrent callers: the first wins).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes folders private
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if path.is_dir() and any(path.iterdir()):
+                return False
+            raise
+        return True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # some filesystems do not support fsync on directories
