@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os  # noqa: F401  (tests patch records.os.fsync / .replace: the same os module atomic.py uses)
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
