@@ -4,32 +4,42 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
-import platform
-import socket
-import subprocess
-import sys
+import itertools
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
 from .backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from .checkpoint import Checkpointer
 from .claims import Claims
-from .config import Suite, TrainConfig, load_suite_file, parse_sets, resolve
+from .config import TrainConfig, parse_sets, resolve
 from .data.images import Batches, SplitData, default_cache_dir, load_split
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
 from .data.tasks import TaskSpec, resolve_tasks
 from .errors import DataError, PeftbenchError, UsageError
+from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks import them from here)
+    Job,
+    JobOutcome,
+    Reporter,
+    SweepRequest,
+    SweepResult,
+    TaskData,
+    builtin_data_root,
+    default_suite_file,
+    load_suite,
+    needed_splits,
+    resolve_device,
+    resolve_weights,
+    run_id_of,
+)
 from .measure import count_params, inference_gflops, measure_throughput, peak_memory
 from .method_api import BuildContext
+from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, get_method
 from .train import (
@@ -43,212 +53,107 @@ from .train import (
     train,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# ----------------------------------------------------------------------------------------------
+# executing one run: build, train, evaluate once, measure
 
 
-@dataclass
-class SweepRequest:
-    methods: list[str]
-    tasks: str = "all"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    suite: str = "mini"
-    suite_file: Path | None = None
-    data_root: Path | None = None  # None: the suite's built-in data (mini), else required
-    out: Path = Path("runs")
-    backbone: str | None = None  # None: the suite's backbone, else DEFAULT_BACKBONE
-    weights: str | None = None  # None: the suite's weights, else "pretrained"
-    img_size: int | None = None
-    sets: list[str] = field(default_factory=list)
-    cache_dir: Path | None = None
-    device: str = "auto"
-    trust_checkpoint: bool = False
-    checkpoint_every: int = 0  # epochs between training checkpoints (0 = none); not part of the run id
-    claim_timeout: float = 600.0  # seconds without heartbeat after which another worker takes a run over
-    worker_id: str | None = None  # default host:pid
+class _Clock:
+    """The phase a run is in and since when: a run that stops early records where and after how long."""
+
+    def __init__(self, wall: dict[str, float]) -> None:
+        self.wall = wall
+        self.start("train")
+
+    def start(self, phase: str) -> None:
+        self.phase, self.t0 = phase, time.perf_counter()
+
+    def stop(self, key: str | None = None) -> None:
+        """Store the phase's time under ``key`` (a finished phase) or under the phase's name (a stopped one)."""
+        self.wall[key or self.phase] = time.perf_counter() - self.t0
 
 
-@dataclass
-class SweepResult:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    left_to_others: list[str] = field(default_factory=list)  # claimed by other live workers
-    statuses: dict[str, int] = field(default_factory=dict)
+def _batches(split: SplitData, backbone: Backbone, device: torch.device) -> Batches:
+    pre = backbone.preprocess
+    return Batches(split, pre.img_size, pre.mean, pre.std, pre.interpolation, device)
 
 
-class Reporter:
-    """Where the runner says what it does; the CLI plugs rich progress bars in, tests stay quiet."""
-
-    def message(self, text: str) -> None:  # a line worth keeping in the log
-        pass
-
-    def sweep(self, total: int) -> None:
-        pass
-
-    def run_started(self, label: str, total_steps: int) -> None:
-        pass
-
-    def run_progress(self, done: int, total: int | None = None, description: str | None = None) -> None:
-        pass
-
-    def run_finished(self, label: str, summary: str) -> None:
-        pass
-
-    def decode(self, label: str, total: int) -> Callable[[int], None]:
-        return lambda n: None
+def _build(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
+           device: torch.device, cache_dir: Path, train_batches: Batches, reporter: Reporter
+           ) -> tuple[torch.nn.Module, BuildContext]:
+    vit = backbone.instantiate(task.num_classes, drop_path=tcfg.drop_path).to(device)
+    ctx = BuildContext(preprocess=backbone.preprocess, device=device, seed=seed, task=task,
+                       backbone_checksum=backbone.checksum, cache_dir=cache_dir, train_batches=train_batches,
+                       status=lambda s: reporter.run_progress(0, description=s))
+    return spec.build(vit, task.num_classes, mcfg, ctx).to(device), ctx
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name}: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+def _train_and_evaluate(model: torch.nn.Module, batches: tuple[Batches, Batches], eval_split: str, seed: int,
+                        tcfg: TrainConfig, precision: str, device: torch.device, reporter: Reporter,
+                        checkpoint: Checkpointer | None, metrics: dict[str, Any], clock: _Clock) -> int:
+    """Train, then evaluate once on ``eval_split``; fills ``metrics``, returns the epoch resumed from."""
+    train_batches, eval_batches = batches
+    total_steps = tcfg.epochs * -(-len(train_batches.data) // tcfg.batch_size)
+    eval_steps = -(-len(eval_batches.data) // tcfg.eval_batch_size)
+    reporter.run_progress(0, total_steps + eval_steps, description="train")
+    clock.start("train")
+    result = train(model, train_batches, tcfg, device, seed, on_step=lambda d, t: reporter.run_progress(d),
+                   checkpoint=checkpoint)
+    metrics.update(final_train_loss=result.losses[-1], first_step_s=result.first_step_s,
+                   epochs_done=result.epochs_done)
+    clock.stop("train")
+    reporter.run_progress(total_steps, description=f"evaluate {eval_split}")
+    clock.start("evaluation")
+    ticks = itertools.count(total_steps + 1)
+    top1 = evaluate(model, eval_batches, tcfg.eval_batch_size, precision, device,
+                    on_batch=lambda _: reporter.run_progress(next(ticks)))
+    clock.stop("eval")
+    metrics["test_top1" if eval_split == "test" else "val_top1"] = top1
+    metrics["eval_split"] = eval_split
+    return result.resumed_from
 
 
-def builtin_data_root(suite: str) -> Path | None:
-    """The data of a suite that peftbench generates itself (created on first use), else None."""
-    if suite == "mini":
-        from .data.mini import ensure_mini_suite
-
-        return ensure_mini_suite()
-    return None
-
-
-def resolve_weights(weights: str) -> str:
-    """'package:FILE' names a checkpoint shipped inside peftbench (resources/FILE)."""
-    if weights.startswith("package:"):
-        return str(Path(__file__).resolve().parent / "resources" / weights.split(":", 1)[1])
-    return weights
-
-
-def default_suite_file(suite: str) -> Path | None:
-    """The recipe shipped for a built-in suite (package data, so non-editable installs have it too)."""
-    path = Path(__file__).resolve().parent / "suites" / f"{suite}.yaml"
-    return path if path.is_file() else None
-
-
-def load_suite(name: str, path: Path | None) -> Suite:
-    path = path or default_suite_file(name)
-    return load_suite_file(path) if path else Suite(name=name)
-
-
-def _git_state() -> tuple[str | None, bool | None]:
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
-        if commit.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-        return commit.stdout.strip(), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def provenance(device: torch.device) -> dict[str, Any]:
-    import numpy
-    import timm
-
-    commit, dirty = _git_state()
-    if device.type == "cuda":
-        dev = f"cuda:{torch.cuda.get_device_name(device)}"
-    else:
-        cpu = platform.processor() or platform.machine()
-        dev = f"cpu:{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {"versions": {"peftbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
-                         "numpy": numpy.__version__, "python": platform.python_version()},
-            "git_commit": commit, "git_dirty": dirty, "device": dev, "hostname": socket.gethostname(),
-            "argv": sys.argv[1:]}
-
-
-def run_id_of(method: str, task: str, suite: str, seed: int, resolved: dict, backbone: Backbone, data_checksum: str
-              ) -> str:
-    key = {"method": method, "task": task, "suite": suite, "seed": seed, "config": resolved,
-           "backbone": {"name": backbone.name, "checksum": backbone.checksum, "img_size": backbone.preprocess.img_size},
-           "data": data_checksum}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class TaskData:
-    lists: TaskLists
-    splits: dict[str, SplitData]
-    decode_s: float
-
-
-def _needed_splits(protocols: set[str]) -> list[str]:
-    return sorted({s for p in protocols for s in PROTOCOL_SPLITS[p]})
+def _measure(model: torch.nn.Module, task: TaskSpec, tcfg: TrainConfig, precision: str, backbone: Backbone,
+             device: torch.device, metrics: dict[str, Any], clock: _Clock) -> None:
+    """Peak memory of the run, then training and inference throughput on synthetic batches."""
+    clock.start("measurement")
+    metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = peak_memory(device)
+    autocast = autocast_factory(precision, device)
+    metrics.update(measure_throughput(
+        model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast), backbone.preprocess.img_size,
+        task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast))
+    clock.stop("measure")
 
 
 def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
                 data: TaskData, device: torch.device, cache_dir: Path, reporter: Reporter,
                 checkpoint: Checkpointer | None = None) -> dict[str, Any]:
-    """Build, train, evaluate once, measure. Returns status + metrics (+ method info) for the record."""
+    """Build, train, evaluate once, measure. Returns status + metrics (+ method info) for the record.
+
+    Divergence and CUDA OOM end the run with that status (never retried with a smaller batch)."""
     train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
-    pre = backbone.preprocess
-    make_batches = lambda split: Batches(data.splits[split], pre.img_size, pre.mean, pre.std,
-                                         pre.interpolation, device)
-    train_batches, eval_batches = make_batches(train_split), make_batches(eval_split)
+    batches = (_batches(data.splits[train_split], backbone, device), _batches(data.splits[eval_split], backbone,
+                                                                              device))
     precision = effective_precision(tcfg, device)
     wall: dict[str, float] = {"data": data.decode_s}
     seed_everything(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    vit = backbone.instantiate(task.num_classes, drop_path=tcfg.drop_path).to(device)
-    ctx = BuildContext(preprocess=pre, device=device, seed=seed, task=task, backbone_checksum=backbone.checksum,
-                       cache_dir=cache_dir, train_batches=train_batches,
-                       status=lambda s: reporter.run_progress(0, description=s))
-    model = spec.build(vit, task.num_classes, mcfg, ctx).to(device)
+    model, ctx = _build(spec, task, seed, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
-    metrics: dict[str, Any] = {**count_params(model), "precision": precision}
-    metrics["gflops"] = inference_gflops(model, pre.img_size, device)
-    steps_per_epoch = -(-len(train_batches.data) // tcfg.batch_size)
-    total_steps = tcfg.epochs * steps_per_epoch
-    eval_steps = -(-len(eval_batches.data) // tcfg.eval_batch_size)
-    reporter.run_progress(0, total_steps + eval_steps, description="train")
-    status, reason, phase, resumed_from = "complete", None, "train", 0
-    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {**count_params(model), "precision": precision,
+                               "gflops": inference_gflops(model, backbone.preprocess.img_size, device)}
+    status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:
-        result = train(model, train_batches, tcfg, device, seed, on_step=lambda d, t: reporter.run_progress(d),
-                       checkpoint=checkpoint)
-        resumed_from = result.resumed_from
-        metrics["final_train_loss"] = result.losses[-1]
-        metrics["first_step_s"] = result.first_step_s
-        metrics["epochs_done"] = result.epochs_done
-        wall["train"] = time.perf_counter() - t0
-        phase = "evaluation"
-        reporter.run_progress(total_steps, description=f"evaluate {eval_split}")
-        t0 = time.perf_counter()
-        evaluated = [total_steps]
-
-        def on_eval_batch(_: int) -> None:
-            evaluated[0] += 1
-            reporter.run_progress(evaluated[0])
-
-        top1 = evaluate(model, eval_batches, tcfg.eval_batch_size, precision, device, on_batch=on_eval_batch)
-        wall["eval"] = time.perf_counter() - t0
-        metrics["test_top1" if eval_split == "test" else "val_top1"] = top1
-        metrics["eval_split"] = eval_split
-        phase = "measurement"
-        t0 = time.perf_counter()
-        mem, kind = peak_memory(device)
-        metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = mem, kind
-        autocast = autocast_factory(precision, device)
-        metrics.update(measure_throughput(
-            model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast), pre.img_size,
-            task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast))
-        wall["measure"] = time.perf_counter() - t0
+        resumed_from = _train_and_evaluate(model, batches, eval_split, seed, tcfg, precision, device, reporter,
+                                           checkpoint, metrics, clock)
+        _measure(model, task, tcfg, precision, backbone, device, metrics, clock)
     except Diverged as exc:
         status, reason = "diverged", str(exc)
-    except torch.cuda.OutOfMemoryError as exc:  # recorded as such: never retried with a smaller batch
-        status, reason = "oom", _oom_reason(exc, phase, tcfg)
+    except torch.cuda.OutOfMemoryError as exc:
+        status, reason = "oom", _oom_reason(exc, clock.phase, tcfg)
     if status != "complete":
-        wall[phase] = time.perf_counter() - t0
+        clock.stop()
     metrics["wall_s"] = wall
     return {"status": status, "reason": reason, "metrics": metrics, "method_info": ctx.info,
             "notices": ctx.notices, "phase_s": ctx.phase_times, "resumed_from_epoch": resumed_from}
@@ -261,26 +166,28 @@ def _oom_reason(exc: BaseException, phase: str, tcfg: TrainConfig) -> str:
     return f"CUDA out of memory during {phase} at batch {tcfg.batch_size} (grad_accum {tcfg.grad_accum}): {first}"
 
 
-@dataclass
-class Job:
-    """One run of the sweep, resolved: everything its run id and record need."""
+# ----------------------------------------------------------------------------------------------
+# planning: requests → resolved jobs, with every list checked and every split decoded first
 
-    task: TaskSpec
-    spec: MethodSpec
-    seed: int
-    tcfg: TrainConfig
-    mcfg: Any
-    resolved: dict
-    data_checksum: str
-    run_id: str
+
+@dataclass
+class Plan:
+    """A sweep ready to run: its jobs in order and what they share."""
+
+    req: SweepRequest
+    jobs: list[Job]
+    backbone: Backbone
+    data: dict[str, TaskData]  # by task name
+    device: torch.device
+    cache_dir: Path
 
     @property
-    def label(self) -> str:
-        return f"{self.spec.name}/{self.task.name}/seed{self.seed}"
+    def out(self) -> Path:
+        return Path(self.req.out)
 
 
-def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResult:
-    reporter = reporter or Reporter()
+def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
+    """Resolve, check and decode everything before the first run, so bad input fails fast and whole."""
     specs = [get_method(m) for m in req.methods]
     if not specs:
         raise UsageError("--methods: no method given")
@@ -288,15 +195,31 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
     suite = load_suite(req.suite, req.suite_file)
     sets = parse_sets(req.sets)
     configs = {(t.name, s.name): resolve(s, t.name, suite, sets) for t in tasks for s in specs}
+    data_root = _data_root(req)
+    device = resolve_device(req.device)
+    cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
+    lists = _preflight(data_root, tasks, reporter)
+    backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
+                             resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
+                             req.trust_checkpoint)
+    data = {t.name: _decode(lists[t.name], {configs[(t.name, s.name)][0].protocol for s in specs}, backbone,
+                            cache_dir, reporter) for t in tasks}
+    jobs = [_job(task, spec, seed, configs[(task.name, spec.name)], data[task.name], req.suite, backbone)
+            for task in tasks for spec in specs for seed in req.seeds]
+    return Plan(req, jobs, backbone, data, device, cache_dir)
+
+
+def _data_root(req: SweepRequest) -> Path:
     data_root = Path(req.data_root) if req.data_root is not None else builtin_data_root(req.suite)
     if data_root is None:
         raise UsageError(f"--data-root is required for suite '{req.suite}' (a folder in the VTAB-1k layout)")
     if not data_root.is_dir():
         raise UsageError(f"--data-root {data_root}: no such folder")
-    device = resolve_device(req.device)
-    cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
+    return data_root
 
-    # pre-flight: every list of every task, all problems at once, before anything heavy
+
+def _preflight(data_root: Path, tasks: list[TaskSpec], reporter: Reporter) -> dict[str, TaskLists]:
+    """Every list of every task, all problems at once, before anything heavy."""
     lists: dict[str, TaskLists] = {}
     problems: list[str] = []
     for task in tasks:
@@ -306,116 +229,109 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
             problems.append(str(exc))
     if problems:
         raise DataError("pre-flight check failed:\n" + "\n".join(problems))
-    for tl in lists.values():
-        for w in tl.warnings:
-            reporter.message(f"warning: {w}")
+    for warning in (w for tl in lists.values() for w in tl.warnings):
+        reporter.message(f"warning: {warning}")
+    return lists
 
-    backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
-                             resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
-                             req.trust_checkpoint)
+
+def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir: Path, reporter: Reporter
+            ) -> TaskData:
+    """Decode the splits the task's protocols need, once (cached on disk), before any training."""
     pre = backbone.preprocess
+    t0 = time.perf_counter()
+    splits = {}
+    for split in needed_splits(protocols):
+        entries = lists.splits[split]
+        advance = reporter.decode(f"{lists.task.name}/{split}", len(entries))
+        splits[split] = load_split(entries, pre.img_size, pre.interpolation, str(lists.folder / f"{split}.txt"),
+                                   cache_dir, advance)
+    return TaskData(lists, splits, time.perf_counter() - t0)
 
-    # decode every needed split once (cached on disk) before any training
-    data: dict[str, TaskData] = {}
-    for task in tasks:
-        protocols = {configs[(task.name, s.name)][0].protocol for s in specs}
-        t0 = time.perf_counter()
-        splits = {}
-        for split in _needed_splits(protocols):
-            entries = lists[task.name].splits[split]
-            where = str(lists[task.name].folder / f"{split}.txt")
-            advance = reporter.decode(f"{task.name}/{split}", len(entries))
-            splits[split] = load_split(entries, pre.img_size, pre.interpolation, where, cache_dir, advance)
-        data[task.name] = TaskData(lists[task.name], splits, time.perf_counter() - t0)
 
-    out = Path(req.out)
-    jobs = []
-    for task in tasks:
-        td = data[task.name]
-        for spec in specs:
-            tcfg, mcfg, resolved = configs[(task.name, spec.name)]
-            train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
-            data_checksum = hashlib.sha256(
-                (td.splits[train_split].checksum + td.splits[eval_split].checksum).encode()).hexdigest()
-            jobs += [Job(task, spec, seed, tcfg, mcfg, resolved, data_checksum,
-                         run_id_of(spec.name, task.name, req.suite, seed, resolved, backbone, data_checksum))
-                     for seed in req.seeds]
-    claims = Claims(out, req.worker_id, req.claim_timeout)
-    prov = {**provenance(device), "worker": claims.worker}
-    result = SweepResult()
-    reporter.sweep(len(jobs))
+def _job(task: TaskSpec, spec: MethodSpec, seed: int, config: tuple[TrainConfig, Any, dict], td: TaskData,
+         suite: str, backbone: Backbone) -> Job:
+    tcfg, mcfg, resolved = config
+    train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
+    data_checksum = hashlib.sha256((td.splits[train_split].checksum + td.splits[eval_split].checksum).encode()
+                                   ).hexdigest()
+    return Job(task, spec, seed, tcfg, mcfg, resolved, data_checksum,
+               run_id_of(spec.name, task.name, suite, seed, resolved, backbone, data_checksum))
 
-    def done_already(job: Job) -> bool:
-        existing = find_record(out, job.run_id)
-        if existing is None or existing["status"] not in FINAL_STATUSES:
-            return False
-        (out / ".checkpoints" / f"{job.run_id}.pt").unlink(missing_ok=True)  # left if killed after the write
-        result.skipped.append(job.label)
-        reporter.run_finished(job.label, f"already done ({existing['status']}), skipped")
-        return True
 
-    def attempt(job: Job) -> bool:
-        """Run or skip a job; False if another live worker holds it."""
-        if done_already(job):
-            return True
-        claim = claims.acquire(job.run_id)
-        if claim is None:
-            return False
-        try:
-            if not done_already(job):  # another worker may have finished it between our look and our claim
-                _run_job(job, req, backbone, data[job.task.name], device, cache_dir, prov, result, reporter)
-                if claim.lost:
-                    reporter.message(f"warning: {job.label}: another worker took our claim over (no heartbeat "
-                                     f"for {req.claim_timeout:g} s); it may write this record again")
-        finally:
-            claim.release()
-        return True
+# ----------------------------------------------------------------------------------------------
+# the sweep: plan, run or skip each job under a claim, summarise
 
-    pending = jobs
+
+def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResult:
+    reporter = reporter or Reporter()
+    plan = plan_sweep(req, reporter)
+    claims = Claims(plan.out, req.worker_id, req.claim_timeout)
+    prov = {**provenance(plan.device), "worker": claims.worker}
+    reporter.sweep(len(plan.jobs))
+    outcomes: list[JobOutcome] = []
+    pending = plan.jobs
     while pending:  # later passes pick up runs whose owners finished, gave up or went stale meanwhile
-        left = [job for job in pending if not attempt(job)]
+        left = []
+        for job in pending:
+            outcome = _attempt(job, plan, claims, prov, reporter)
+            if outcome is None:
+                left.append(job)
+            else:
+                outcomes.append(outcome)
         if len(left) == len(pending):
             break
         pending = left
-    for job in pending:
-        result.left_to_others.append(job.label)
+    return _summarise(outcomes, pending, claims, reporter)
+
+
+def _summarise(outcomes: list[JobOutcome], left: list[Job], claims: Claims, reporter: Reporter) -> SweepResult:
+    for job in left:
         holder = claims.owner(job.run_id).get("worker", "another worker")
         reporter.run_finished(job.label, f"claimed by {holder}, left to it")
-    return result
+    return SweepResult(written=[o.path for o in outcomes if o.path is not None],
+                       skipped=[o.label for o in outcomes if o.path is None],
+                       left_to_others=[job.label for job in left],
+                       statuses=dict(Counter(o.status for o in outcomes if o.path is not None)))
 
 
-def _run_job(job: Job, req: SweepRequest, backbone: Backbone, td: TaskData, device: torch.device, cache_dir: Path,
-             prov: dict, result: SweepResult, reporter: Reporter) -> None:
+def _attempt(job: Job, plan: Plan, claims: Claims, prov: dict, reporter: Reporter) -> JobOutcome | None:
+    """Run or skip a job; None if another live worker holds it."""
+    done = _done_already(job, plan.out, reporter)
+    if done is not None:
+        return done
+    claim = claims.acquire(job.run_id)
+    if claim is None:
+        return None
+    try:
+        outcome = _done_already(job, plan.out, reporter)  # another worker may have finished it meanwhile
+        if outcome is None:
+            outcome = _run_job(job, plan, prov, reporter)
+            if claim.lost:
+                reporter.message(f"warning: {job.label}: another worker took our claim over (no heartbeat "
+                                 f"for {plan.req.claim_timeout:g} s); it may write this record again")
+    finally:
+        claim.release()
+    return outcome
+
+
+def _done_already(job: Job, out: Path, reporter: Reporter) -> JobOutcome | None:
+    existing = find_record(out, job.run_id)
+    if existing is None or existing["status"] not in FINAL_STATUSES:
+        return None
+    (out / ".checkpoints" / f"{job.run_id}.pt").unlink(missing_ok=True)  # left if killed after the write
+    reporter.run_finished(job.label, f"already done ({existing['status']}), skipped")
+    return JobOutcome(job.label)
+
+
+def _run_job(job: Job, plan: Plan, prov: dict, reporter: Reporter) -> JobOutcome:
     """Execute one claimed run and write its record; its checkpoint goes once the record is safe."""
-    spec, task, seed = job.spec, job.task, job.seed
-    out = Path(req.out)
-    checkpoint = Checkpointer(out / ".checkpoints" / f"{job.run_id}.pt", req.checkpoint_every,
+    checkpoint = Checkpointer(plan.out / ".checkpoints" / f"{job.run_id}.pt", plan.req.checkpoint_every,
                               lambda text: reporter.message(f"{job.label}: {text}"))
     reporter.run_started(job.label, job.tcfg.epochs)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    try:
-        outcome = execute_run(spec, task, seed, job.tcfg, job.mcfg, backbone, td, device, cache_dir, reporter,
-                              checkpoint)
-    except (PeftbenchError, KeyboardInterrupt):
-        raise
-    except torch.cuda.OutOfMemoryError as exc:  # while building the method
-        outcome = {"status": "oom", "reason": _oom_reason(exc, "build", job.tcfg)}
-    except Exception as exc:  # a broken plugin or run: recorded as failed, the sweep goes on
-        outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    train_split, eval_split = PROTOCOL_SPLITS[job.tcfg.protocol]
-    record = {
-        "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"], "reason": outcome["reason"],
-        "method": spec.name, "task": task.name, "suite": req.suite, "seed": seed,
-        "created": started, "config": job.resolved,
-        "backbone": backbone.describe(),
-        "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
-                 "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
-                 "train_split": train_split, "eval_split": eval_split},
-        "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
-        "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
-        "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
-    }
-    path = record_path(out, record)
+    outcome = _outcome(job, plan, reporter, checkpoint)
+    record = _record(job, plan, outcome, started, prov)
+    path = record_path(plan.out, record)
     try:
         write_record(path, record)
     except OSError as exc:
@@ -423,13 +339,50 @@ def _run_job(job: Job, req: SweepRequest, backbone: Backbone, td: TaskData, devi
                           "run (its checkpoint, if any, remains); free space and run the same command again"
                           ) from exc
     checkpoint.discard()
-    result.written.append(path)
-    result.statuses[outcome["status"]] = result.statuses.get(outcome["status"], 0) + 1
-    m = outcome.get("metrics", {})
+    reporter.run_finished(job.label, _summary_line(outcome))
+    return JobOutcome(job.label, path, outcome["status"])
+
+
+def _outcome(job: Job, plan: Plan, reporter: Reporter, checkpoint: Checkpointer) -> dict[str, Any]:
+    """execute_run's result, or the failure that ended the run: a broken run is recorded, the sweep goes on."""
+    try:
+        return execute_run(job.spec, job.task, job.seed, job.tcfg, job.mcfg, plan.backbone, plan.data[job.task.name],
+                           plan.device, plan.cache_dir, reporter, checkpoint)
+    except (PeftbenchError, KeyboardInterrupt):
+        raise
+    except torch.cuda.OutOfMemoryError as exc:  # while building the method
+        return {"status": "oom", "reason": _oom_reason(exc, "build", job.tcfg)}
+    except Exception as exc:  # a broken plugin or run
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: dict) -> dict[str, Any]:
+    td = plan.data[job.task.name]
+    train_split, eval_split = PROTOCOL_SPLITS[job.tcfg.protocol]
+    return {
+        "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"], "reason": outcome["reason"],
+        "method": job.spec.name, "task": job.task.name, "suite": plan.req.suite, "seed": job.seed,
+        "created": started, "config": job.resolved,
+        "backbone": plan.backbone.describe(),
+        "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
+                 "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
+                 "train_split": train_split, "eval_split": eval_split},
+        "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
+        "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
+        "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
+    }
+
+
+def _summary_line(outcome: dict[str, Any]) -> str:
+    if outcome["status"] != "complete":
+        return f"{outcome['status']}: {outcome['reason']}"
+    m = outcome["metrics"]
     top1 = m.get("test_top1", m.get("val_top1"))
-    summary = (f"top-1 {top1:.2f}%  trainable {m['trainable_params']:,}  {m['gflops']:.2f} GFLOPs"
-               if outcome["status"] == "complete" else f"{outcome['status']}: {outcome['reason']}")
-    reporter.run_finished(job.label, summary)
+    return f"top-1 {top1:.2f}%  trainable {m['trainable_params']:,}  {m['gflops']:.2f} GFLOPs"
+
+
+# ----------------------------------------------------------------------------------------------
+# without data: a method's size and cost, the knobs
 
 
 def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str = "none", num_classes: int = 100,

@@ -1,0 +1,160 @@
+"""The sweep's vocabulary: the request, the result, the reporter, one resolved job and its run id.
+
+Also how names in a request resolve (device, built-in data, packaged weights, suite recipes).
+Kept apart from runner.py, which plans and executes, so both stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import Backbone
+from .config import Suite, TrainConfig, load_suite_file
+from .data.images import SplitData
+from .data.splits import PROTOCOL_SPLITS, TaskLists
+from .data.tasks import TaskSpec
+from .errors import UsageError
+from .registry import MethodSpec
+
+
+@dataclass
+class SweepRequest:
+    methods: list[str]
+    tasks: str = "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    suite: str = "mini"
+    suite_file: Path | None = None
+    data_root: Path | None = None  # None: the suite's built-in data (mini), else required
+    out: Path = Path("runs")
+    backbone: str | None = None  # None: the suite's backbone, else DEFAULT_BACKBONE
+    weights: str | None = None  # None: the suite's weights, else "pretrained"
+    img_size: int | None = None
+    sets: list[str] = field(default_factory=list)
+    cache_dir: Path | None = None
+    device: str = "auto"
+    trust_checkpoint: bool = False
+    checkpoint_every: int = 0  # epochs between training checkpoints (0 = none); not part of the run id
+    claim_timeout: float = 600.0  # seconds without heartbeat after which another worker takes a run over
+    worker_id: str | None = None  # default host:pid
+
+
+@dataclass
+class SweepResult:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    left_to_others: list[str] = field(default_factory=list)  # claimed by other live workers
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class Reporter:
+    """Where the runner says what it does; the CLI plugs rich progress bars in, tests stay quiet."""
+
+    def message(self, text: str) -> None:  # a line worth keeping in the log
+        pass
+
+    def sweep(self, total: int) -> None:
+        pass
+
+    def run_started(self, label: str, total_steps: int) -> None:
+        pass
+
+    def run_progress(self, done: int, total: int | None = None, description: str | None = None) -> None:
+        pass
+
+    def run_finished(self, label: str, summary: str) -> None:
+        pass
+
+    def decode(self, label: str, total: int) -> Callable[[int], None]:
+        return lambda n: None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def builtin_data_root(suite: str) -> Path | None:
+    """The data of a suite that peftbench generates itself (created on first use), else None."""
+    if suite == "mini":
+        from .data.mini import ensure_mini_suite
+
+        return ensure_mini_suite()
+    return None
+
+
+def resolve_weights(weights: str) -> str:
+    """'package:FILE' names a checkpoint shipped inside peftbench (resources/FILE)."""
+    if weights.startswith("package:"):
+        return str(Path(__file__).resolve().parent / "resources" / weights.split(":", 1)[1])
+    return weights
+
+
+def default_suite_file(suite: str) -> Path | None:
+    """The recipe shipped for a built-in suite (package data, so non-editable installs have it too)."""
+    path = Path(__file__).resolve().parent / "suites" / f"{suite}.yaml"
+    return path if path.is_file() else None
+
+
+def load_suite(name: str, path: Path | None) -> Suite:
+    path = path or default_suite_file(name)
+    return load_suite_file(path) if path else Suite(name=name)
+
+
+def run_id_of(method: str, task: str, suite: str, seed: int, resolved: dict, backbone: Backbone, data_checksum: str
+              ) -> str:
+    key = {"method": method, "task": task, "suite": suite, "seed": seed, "config": resolved,
+           "backbone": {"name": backbone.name, "checksum": backbone.checksum, "img_size": backbone.preprocess.img_size},
+           "data": data_checksum}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TaskData:
+    lists: TaskLists
+    splits: dict[str, SplitData]
+    decode_s: float
+
+
+def needed_splits(protocols: set[str]) -> list[str]:
+    return sorted({s for p in protocols for s in PROTOCOL_SPLITS[p]})
+
+
+@dataclass
+class Job:
+    """One run of the sweep, resolved: everything its run id and record need."""
+
+    task: TaskSpec
+    spec: MethodSpec
+    seed: int
+    tcfg: TrainConfig
+    mcfg: Any
+    resolved: dict
+    data_checksum: str
+    run_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}/{self.task.name}/seed{self.seed}"
+
+
+@dataclass
+class JobOutcome:
+    """What happened to one job: a record written (with its status) or skipped as already done."""
+
+    label: str
+    path: Path | None = None  # the record written; None: skipped
+    status: str | None = None
