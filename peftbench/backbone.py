@@ -209,7 +209,3 @@ def logits_from_tokens(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
-
-
-def classifier_params(vit: nn.Module) -> list[nn.Parameter]:
-    return list(vit.get_classifier().parameters())

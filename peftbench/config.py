@@ -104,12 +104,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, val in values.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from .checkpoint import Checkpointer, rng_state, set_rng_state, trainable_keys, trainable_state
@@ -42,18 +43,14 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and prompts; none on biases, norms and what the model exempts."""
+    """Weight decay on matrices and prompts; none on biases, norms (1-d) and what the model exempts
+    through ``no_weight_decay()`` — timm's own grouping, which is exactly this recipe."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=sorted(skip))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    groups = param_groups(model, cfg.weight_decay)  # empty groups are left out
     if not groups:
         raise ValueError("the method left no parameter trainable")
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")

@@ -185,10 +185,9 @@ class Batches:
             imgs, labels = imgs.pin_memory(), labels.pin_memory()
         return self.to_input(imgs), labels.to(self.device, non_blocking=True)
 
-    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
         order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for start in range(0, stop, batch_size):
+        for start in range(0, n, batch_size):
             yield self.batch(order[start:start + batch_size])
