@@ -21,7 +21,7 @@ from torch import nn
 
 from .atomic import atomic_write
 
-FORMAT = 1
+FORMAT = 2  # 2: optimizer groups in timm's order (no-decay first); a format-1 checkpoint is ignored
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
