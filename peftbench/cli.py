@@ -183,13 +183,17 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
                       + "; run the same command again to resume", markup=False)
         return 130
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items())) or "nothing new"
-    others = f"; {len(result.left_to_others)} run(s) left to other workers" if result.left_to_others else ""
+    others = (f"; {len(result.left_to_others)} run(s) left to other live workers, still running"
+              if result.left_to_others else "")
     console.print(f"done: {counts}; {len(result.skipped)} skipped (already done){others}; records in {args.out}",
                   markup=False)
     if not args.no_report:
         report_dir = args.out / REPORT_DIRNAME
         _write_report(args.out, report_dir, True, console)
-    return 0 if set(result.statuses) <= {"complete"} else 1
+    if result.orphaned:
+        console.print(f"warning: {len(result.orphaned)} run(s) not done: claimed by workers that are no longer "
+                      "alive (no heartbeat or a dead process); run the same command again", markup=False)
+    return 0 if set(result.statuses) <= {"complete"} and not result.orphaned else 1
 
 
 def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) -> None:

@@ -50,6 +50,7 @@ class SweepResult:
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     left_to_others: list[str] = field(default_factory=list)  # claimed by other live workers
+    orphaned: list[str] = field(default_factory=list)  # claimed, but by no live worker: left undone
     statuses: dict[str, int] = field(default_factory=dict)
 
 

@@ -270,27 +270,34 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
     reporter.sweep(len(plan.jobs))
     outcomes: list[JobOutcome] = []
     pending = plan.jobs
-    while pending:  # later passes pick up runs whose owners finished, gave up or went stale meanwhile
-        left = []
-        for job in pending:
-            outcome = _attempt(job, plan, claims, prov, reporter)
-            if outcome is None:
-                left.append(job)
-            else:
-                outcomes.append(outcome)
-        if len(left) == len(pending):
+    for _ in range(2):  # a second round for claims whose owners died (or released them) while we ran the rest
+        while pending:  # later passes pick up runs whose owners finished, gave up or went stale meanwhile
+            left = []
+            for job in pending:
+                outcome = _attempt(job, plan, claims, prov, reporter)
+                if outcome is None:
+                    left.append(job)
+                else:
+                    outcomes.append(outcome)
+            if len(left) == len(pending):
+                break
+            pending = left
+        if all(claims.live(job.run_id) for job in pending):
             break
-        pending = left
     return _summarise(outcomes, pending, claims, reporter)
 
 
 def _summarise(outcomes: list[JobOutcome], left: list[Job], claims: Claims, reporter: Reporter) -> SweepResult:
+    """Runs left undone are either held by a live worker (its business) or by nobody alive (ours: rerun)."""
+    live = {job.run_id: claims.live(job.run_id) for job in left}
     for job in left:
         holder = claims.owner(job.run_id).get("worker", "another worker")
-        reporter.run_finished(job.label, f"claimed by {holder}, left to it")
+        reporter.run_finished(job.label, f"claimed by {holder}, " + ("left to it" if live[job.run_id]
+                                                                      else "which is not alive; not run"))
     return SweepResult(written=[o.path for o in outcomes if o.path is not None],
                        skipped=[o.label for o in outcomes if o.path is None],
-                       left_to_others=[job.label for job in left],
+                       left_to_others=[job.label for job in left if live[job.run_id]],
+                       orphaned=[job.label for job in left if not live[job.run_id]],
                        statuses=dict(Counter(o.status for o in outcomes if o.path is not None)))
 
 

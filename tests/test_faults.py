@@ -1,0 +1,141 @@
+"""Error paths under faults (issue 18): phantom claims, records that lie, suite files of the wrong shape,
+full disks, settings that cannot work on the data, pre-flight noise.
+
+Disk-full tests run on a real tiny tmpfs when this process may mount one (root), and through a patched
+writer otherwise, so each protection is exercised everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftbench import claims as claims_mod
+from peftbench.claims import ClaimError, Claims
+from peftbench.cli import main
+
+FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]
+BACKBONE = ["--backbone", "test_vit", "--weights", "none", "--img-size", "32"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted at ``folder`` and filled up: creating files works, writing data fails."""
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("needs root to mount a tiny tmpfs; the patched-writer variant of this test covers it")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", f"peftbench-{uuid.uuid4().hex[:8]}",
+                           str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the patched-writer variant covers it")
+    try:
+        with contextlib.suppress(OSError), open(folder / "ballast", "wb") as fh:
+            fh.write(b"\0" * (1 << 20))
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def run_cli(root: Path, out: Path, *extra: str, methods: str = "linear", tasks: str = "cifar",
+            sets: tuple[str, ...] = ()) -> int:
+    return main(["run", "--suite", "vtab1k", "--methods", methods, "--tasks", tasks, "--data-root", str(root),
+                 "--out", str(out), *BACKBONE, *[a for s in [*FAST, *sets] for a in ("--set", s)], *extra])
+
+
+# --- 1. phantom claims ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("debris", ["", "{\"worker\": \"w\"", "[]", "{}"])
+def test_empty_or_unreadable_claim_is_stale_at_once(tmp_path, debris):
+    claims = Claims(tmp_path, "me", timeout=600)
+    claims.folder.mkdir(parents=True)
+    claims.path("r1").write_text(debris)  # what a crash or a full disk left while the claim was written
+    assert not claims.live("r1")
+    claim = claims.acquire("r1")
+    assert claim is not None and claims.owner("r1")["worker"] == "me"
+    claim.release()
+
+
+def test_phantom_claim_does_not_stop_the_sweep(vtab_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert run_cli(vtab_root, out, "--no-report") == 0
+    (record,) = out.rglob("*.json")
+    rid = json.loads(record.read_text())["run_id"]
+    record.unlink()
+    (out / ".claims").mkdir(exist_ok=True)
+    (out / ".claims" / f"{rid}.claim").write_text("")  # the phantom
+    capsys.readouterr()
+    assert run_cli(vtab_root, out, "--no-report") == 0
+    text = capsys.readouterr().out
+    assert "1 complete" in text and "left to" not in text
+    assert len(list(out.rglob("*.json"))) == 1 and not list((out / ".claims").iterdir())
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "patched"])
+def test_claim_on_a_full_disk_is_one_error_and_leaves_nothing(tmp_path, monkeypatch, how):
+    with contextlib.ExitStack() as stack:
+        if how == "tmpfs":
+            disk = stack.enter_context(tiny_disk(tmp_path / "disk"))
+        else:
+            disk = tmp_path / "disk"
+            monkeypatch.setattr(claims_mod.json, "dump", _no_space)
+        claims = Claims(disk, "me")
+        with pytest.raises(ClaimError, match=r"cannot write a claim in .*: No space left on device; no claim was"):
+            claims.acquire("r1")
+        assert [p.name for p in claims.folder.iterdir()] == []  # no phantom, no temporary file
+
+
+def test_full_disk_at_claim_time_in_a_sweep_is_one_error_line(vtab_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(claims_mod.json, "dump", _no_space)
+    assert run_cli(vtab_root, tmp_path / "runs", "--no-report") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write a claim in ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs" / ".claims").iterdir())
+
+
+def test_runs_left_to_a_dead_worker_make_the_sweep_fail(vtab_root, tmp_path, monkeypatch, capsys):
+    """A claim that nobody can take over (here: the takeover always loses) and no live worker behind it."""
+    out = tmp_path / "runs"
+    monkeypatch.setattr(Claims, "acquire", lambda self, run_id: None)
+    assert run_cli(vtab_root, out, "--no-report") == 1
+    text = capsys.readouterr().out
+    assert "which is not alive; not run" in text
+    assert "warning: 1 run(s) not done: claimed by workers that are no longer alive" in text
+
+
+def test_runs_left_to_a_live_worker_say_so_and_succeed(vtab_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert run_cli(vtab_root, out, "--no-report") == 0
+    (record,) = out.rglob("*.json")
+    rid = json.loads(record.read_text())["run_id"]
+    record.unlink()
+    held = Claims(out, "busy-worker").acquire(rid)  # alive: this very process, heartbeat running
+    capsys.readouterr()
+    try:
+        assert run_cli(vtab_root, out, "--no-report") == 0
+    finally:
+        held.release()
+    text = capsys.readouterr().out
+    assert "claimed by busy-worker, left to it" in text and "1 run(s) left to other live workers" in text
