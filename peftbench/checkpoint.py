@@ -5,6 +5,8 @@ buffers, optimiser, schedule, epochs done, losses so far and every random-number
 (python, numpy, torch, CUDA, the shuffle generator). Written atomically, read with
 ``weights_only=True`` (no pickled code runs), so a resumed run continues bit for bit on
 the same device. A damaged or mismatched file is reported and ignored: the run starts over.
+A checkpoint that cannot be saved (a full disk) is reported once and checkpointing stops for
+that run: losing a checkpoint must never throw away the training itself.
 """
 
 from __future__ import annotations
@@ -66,11 +68,30 @@ class Checkpointer:
     every: int = 0
     note: Callable[[str], None] = field(default=lambda text: None)
 
+    def __post_init__(self) -> None:
+        self.failed = False
+
     def due(self, epochs_done: int, epochs: int) -> bool:
-        return self.every > 0 and epochs_done % self.every == 0 and epochs_done < epochs
+        return self.every > 0 and not self.failed and epochs_done % self.every == 0 and epochs_done < epochs
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+        """Write the state atomically; on failure warn (naming the cause) and stop checkpointing this run."""
+        # through a Python file object, so a full disk surfaces as OSError(ENOSPC), not torch's "unexpected pos"
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save({"format": FORMAT, **state}, fh)
+
+        try:
+            atomic_write(self.path, write)
+        except (OSError, RuntimeError) as exc:
+            self.failed = True
+            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            self.note(f"warning: cannot save the training checkpoint {self.path} after epoch "
+                      f"{state.get('epochs_done', '?')} ({cause}); training goes on without checkpoints "
+                      f"(an interruption now restarts from {self._kept()})")
+
+    def _kept(self) -> str:
+        return "the last saved checkpoint" if self.path.is_file() else "the beginning"
 
     def load(self, expect: dict[str, Any]) -> dict[str, Any] | None:
         """The saved state if it exists, is readable and matches ``expect`` (e.g. epochs); else None."""
@@ -85,6 +106,8 @@ class Checkpointer:
                 state.get(k) != v for k, v in expect.items()):
             self.note(f"checkpoint {self.path} ignored (does not match this run); starting the run over")
             return None
+        self.note(f"resuming from epoch {state.get('epochs_done')} of {state.get('epochs', '?')} "
+                  f"(checkpoint {self.path})")
         return state
 
     def discard(self) -> None:

@@ -139,3 +139,48 @@ def test_runs_left_to_a_live_worker_say_so_and_succeed(vtab_root, tmp_path, caps
         held.release()
     text = capsys.readouterr().out
     assert "claimed by busy-worker, left to it" in text and "1 run(s) left to other live workers" in text
+
+
+# --- 4. a checkpoint that cannot be saved; 7. the resume line --------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["tmpfs", "patched"])
+def test_checkpoint_on_a_full_disk_warns_and_training_goes_on(vtab_root, tmp_path, monkeypatch, capsys, how):
+    from peftbench import checkpoint as checkpoint_mod
+
+    out = tmp_path / "runs"
+    with contextlib.ExitStack() as stack:
+        if how == "tmpfs":  # only the checkpoints' folder is full: records still fit
+            stack.enter_context(tiny_disk(out / ".checkpoints"))
+        else:
+            monkeypatch.setattr(checkpoint_mod.torch, "save", _no_space)
+        rc = run_cli(vtab_root, out, "--no-report", "--checkpoint-every", "1", sets=("epochs=3",))
+        text = capsys.readouterr().out
+        assert rc == 0, text
+        assert "warning: cannot save the training checkpoint" in text and "No space left on device" in text
+        assert text.count("cannot save the training checkpoint") == 1  # once, then checkpointing stops
+        assert "1 complete" in text
+        (record,) = [p for p in out.rglob("*.json")]
+        rec = json.loads(record.read_text())
+        assert rec["status"] == "complete" and rec["metrics"]["epochs_done"] == 3
+        assert not [p for p in (out / ".checkpoints").iterdir() if p.name != "ballast"]  # no temporary file
+
+
+def test_resumed_run_says_from_which_epoch(vtab_root, tmp_path, monkeypatch, capsys):
+    from peftbench.checkpoint import Checkpointer
+
+    out = tmp_path / "runs"
+    real_save = Checkpointer.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        if state["epochs_done"] == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save_then_die)
+        assert run_cli(vtab_root, out, "--no-report", "--checkpoint-every", "1", methods="full",
+                       sets=("epochs=3",)) == 130
+    capsys.readouterr()
+    assert run_cli(vtab_root, out, "--no-report", "--checkpoint-every", "1", methods="full", sets=("epochs=3",)) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "resuming" in ln]
+    assert len(lines) == 1 and lines[0].startswith("full/cifar100/seed0: resuming from epoch 2 of 3 (checkpoint ")
