@@ -39,7 +39,7 @@ from peftbench.atomic import atomic_write
 from peftbench.backbone import embed_tokens, freeze, logits_from_tokens
 from peftbench.data.images import Batches
 from peftbench.errors import DataError, UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel
+from peftbench.method_api import BuildContext, FrozenBackboneModel, RunFacts
 from peftbench.registry import register_method
 
 ATTRIBUTE_LAYERS = 2  # attribute prompts join the last two selected blocks (official)
@@ -106,6 +106,25 @@ class ShipConfig:
                 raise UsageError(f"ship.layers={self.layers}: distinct block indices, including 0 (the first "
                                  "prompts enter before block 0)")
             self.layers = layers
+
+    def check(self, facts: RunFacts) -> list[str]:
+        """Limits that the data and the backbone set, checked before any run of a sweep starts."""
+        problems = []
+        if self.attribute_prompts and self.prototypes is None and self.num_prototypes > facts.train_size:
+            problems.append(f"ship.num_prototypes={self.num_prototypes} k-means clusters, but the training split "
+                            f"has {facts.train_size} images; set ship.num_prototypes={facts.train_size} (or fewer), "
+                            "pass a bank with ship.prototypes=PATH, or set ship.attribute_prompts=false")
+        candidates = facts.image_tokens + 1  # what forward() ranks: the class token and the image tokens
+        attribute_blocks = (self.attribute_prompts and facts.depth > 1 and (self.end_layer or 2) > 1
+                            and (self.layers is None or max(self.layers) > 0))
+        for knob, k, used in (("attr_tokens", self.attr_tokens, attribute_blocks),
+                              ("matching_topk", self.matching_topk,
+                               self.matching_loss and self.matching_warmup < facts.epochs)):
+            if used and k > candidates:
+                problems.append(f"ship.{knob}={k}, but at {facts.img_size[0]}x{facts.img_size[1]} px there are only "
+                                f"{candidates} tokens to choose the most attended from; lower ship.{knob} or "
+                                "raise --img-size")
+        return problems
 
 
 # ---- preparation: layer affinity, semantic hierarchy, prototypes ---------------------------

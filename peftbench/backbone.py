@@ -45,6 +45,7 @@ class Backbone:
     preprocess: Preprocess
     img_size: int | None
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    geometry: dict[str, int] = field(default_factory=dict)  # image_tokens, prefix_tokens, depth (for checks)
 
     def describe(self) -> dict:
         return {"name": self.name, "weights": self.weights, "checksum": self.checksum,
@@ -187,8 +188,10 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
     pre = Preprocess(img_size=(h, w), interpolation=str(cfg.get("interpolation", "bicubic")),
                      mean=tuple(float(m) for m in cfg["mean"]), std=tuple(float(s) for s in cfg["std"]))
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    geometry = {"image_tokens": int(model.patch_embed.num_patches), "prefix_tokens": int(model.num_prefix_tokens),
+                "depth": len(model.blocks)}
     return Backbone(name=name, weights=source, checksum=_state_checksum(sd), preprocess=pre,
-                    img_size=img_size, state_dict=sd)
+                    img_size=img_size, state_dict=sd, geometry=geometry)
 
 
 # ---- token-level seams -------------------------------------------------------------------

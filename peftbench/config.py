@@ -8,6 +8,7 @@ training key (a field of :class:`TrainConfig`) or a knob of the method's config 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "bench_batch"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name}={getattr(self, name)}: must be at least 1")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+                raise UsageError(f"{f.name}={value}: must be a finite number")
         if self.warmup_epochs < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise UsageError("warmup_epochs, lr and weight_decay must be non-negative (lr > 0)")
 

@@ -12,6 +12,11 @@ and never branches on a method's name):
 - ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
 - ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
   on features that do not change during training, the loop may compute them once.
+
+The config dataclass may define ``check(self, facts: RunFacts) -> list[str]``: the problems that
+make these settings unworkable on this task and backbone (e.g. more k-means clusters than
+training images). The runner asks every job before the first run starts, so a sweep never
+fails mid-way on settings that could have been refused up front.
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ from torch import nn
 from .backbone import Preprocess
 from .data.images import Batches
 from .data.tasks import TaskSpec
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a method's ``check`` can rely on before any image is decoded or any model built."""
+
+    task: str
+    num_classes: int
+    train_size: int  # images in the training split of the run's protocol
+    img_size: tuple[int, int]
+    image_tokens: int  # patch tokens at img_size
+    prefix_tokens: int  # class token and registers
+    depth: int  # transformer blocks
+    epochs: int
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 
 from .backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from .checkpoint import Checkpointer
+from .checks import check_options, method_problems, raise_if_any, run_facts
 from .claims import Claims
 from .config import TrainConfig, parse_sets, resolve
 from .data.images import Batches, SplitData, default_cache_dir, load_split
@@ -188,6 +189,7 @@ class Plan:
 
 def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     """Resolve, check and decode everything before the first run, so bad input fails fast and whole."""
+    check_options(req.claim_timeout, req.checkpoint_every)
     specs = [get_method(m) for m in req.methods]
     if not specs:
         raise UsageError("--methods: no method given")
@@ -202,6 +204,11 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
                              resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
                              req.trust_checkpoint)
+    # settings that cannot work on this data: refused for every job before anything is decoded or trained
+    raise_if_any(p for task in tasks for spec in specs
+                 for p in method_problems(f"{spec.name}/{task.name}", configs[(task.name, spec.name)][1],
+                                          run_facts(task, configs[(task.name, spec.name)][0], lists[task.name],
+                                                    backbone)))
     data = {t.name: _decode(lists[t.name], {configs[(t.name, s.name)][0].protocol for s in specs}, backbone,
                             cache_dir, reporter) for t in tasks}
     jobs = [_job(task, spec, seed, configs[(task.name, spec.name)], data[task.name], req.suite, backbone)

@@ -184,3 +184,49 @@ def test_resumed_run_says_from_which_epoch(vtab_root, tmp_path, monkeypatch, cap
     assert run_cli(vtab_root, out, "--no-report", "--checkpoint-every", "1", methods="full", sets=("epochs=3",)) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "resuming" in ln]
     assert len(lines) == 1 and lines[0].startswith("full/cifar100/seed0: resuming from epoch 2 of 3 (checkpoint ")
+
+
+# --- 5. settings that cannot work: refused for every job before the first run starts ---------------------------------
+
+def test_ship_settings_that_cannot_work_are_refused_before_any_run(vtab_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = run_cli(vtab_root, out, "--no-report", methods="linear,ship", tasks="cifar,eurosat",
+                 sets=("ship.num_prototypes=500", "ship.matching_warmup=0", "ship.matching_topk=400",
+                       "ship.attr_tokens=5"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("error: 4 setting(s) cannot work on the data; nothing was run")
+    for task in ("cifar100", "eurosat"):
+        assert f"ship/{task}: ship.num_prototypes=500 k-means clusters, but the training split has 32 images" in err
+        assert f"ship/{task}: ship.matching_topk=400, but at 32x32 px there are only" in err
+    assert not list(out.rglob("*.json"))  # linear/cifar100 was not trained first
+
+
+def test_ship_check_passes_workable_settings(vtab_root, tmp_path):
+    from peftbench.checks import run_facts
+    from peftbench.method_api import RunFacts
+
+    methods = pytest.importorskip("peftbench.methods.ship")
+    facts = RunFacts(task="t", num_classes=10, train_size=1000, img_size=(224, 224), image_tokens=196,
+                     prefix_tokens=1, depth=12, epochs=100)
+    assert methods.ShipConfig().check(facts) == []
+    # explicit layers [0] take no attribute prompt, and a matching loss that never switches on needs no tokens
+    small = RunFacts(**{**facts.__dict__, "image_tokens": 4, "epochs": 10})
+    assert methods.ShipConfig(layers=(0,), matching_warmup=10).check(small) == []
+    assert run_facts  # the runner's constructor of these facts is exercised by the sweep test above
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--set", "lr=nan", "lr=nan: must be a finite number"),
+    ("--set", "lr=inf", "lr=inf: must be a finite number"),
+    ("--set", "lr=0", "lr > 0"),
+    ("--set", "weight_decay=.nan", "weight_decay=nan: must be a finite number"),
+    ("--claim-timeout", "0", "--claim-timeout 0: must be a positive number of seconds"),
+    ("--claim-timeout", "nan", "--claim-timeout nan: must be a positive number of seconds"),
+])
+def test_unworkable_options_are_one_error_before_anything_runs(vtab_root, tmp_path, capsys, option, value, message):
+    out = tmp_path / "runs"
+    assert run_cli(vtab_root, out, "--no-report", option, value) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not list(out.rglob("*.json"))
