@@ -19,6 +19,7 @@ import yaml
 
 from .errors import UsageError
 from .registry import MethodSpec, available_methods, did_you_mean
+from .suite_schema import check_suite_shape
 
 # here, not in backbone.py, so that the CLI's help text does not import torch
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
@@ -109,14 +110,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str, origins: dict[str, str] | None = None) -> Any:
+    """``origins`` names where each value was set (suite file and key path, --set), for errors."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, val in values.items():
         if key not in names:
             raise UsageError(f"{where}: unknown key '{key}'" + did_you_mean(key, names))
-        kwargs[key] = coerce(val, hints[key], f"{where} {key}")
+        kwargs[key] = coerce(val, hints[key], (origins or {}).get(key, f"{where} {key}"))
     try:
         return cls(**kwargs)
     except UsageError:
@@ -171,6 +173,7 @@ def load_suite_file(path: Path) -> Suite:
     unknown = set(raw) - {"suite", "defaults", "methods", "tasks", "description", "backbone", "weights"}
     if unknown:
         raise UsageError(f"suite file {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    check_suite_shape(raw, Path(path))
     for key in raw.get("defaults") or {}:
         if key not in TRAIN_KEYS:
             raise UsageError(f"suite file {path}: defaults: unknown training key '{key}'"
@@ -189,6 +192,7 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
     knob_names = {f.name for f in dataclasses.fields(spec.config_cls)}
     train: dict[str, Any] = dict(suite.defaults)
     knobs: dict[str, Any] = {}
+    origins = {key: f"{suite.source}: defaults.{key}" for key in train}
 
     def layer(values: dict[str, Any], where: str) -> None:
         for key, val in values.items():
@@ -199,6 +203,7 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
             else:
                 raise UsageError(f"{where}: '{key}' is neither a training key nor a knob of '{spec.name}'"
                                  + did_you_mean(key, sorted(knob_names | TRAIN_KEYS)))
+            origins[key] = f"{where}.{key}"
 
     layer(suite.methods.get(spec.name, {}), f"{suite.source}: methods.{spec.name}")
     if task is not None:
@@ -206,10 +211,12 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
     for method, key, val in sets:
         if method is None:
             train[key] = val
+            origins[key] = f"--set {key}"
         elif method == spec.name:
             layer({key: val}, f"--set {method}.{key}")
-    tcfg = build_dataclass(TrainConfig, train, "training config")
-    mcfg = build_dataclass(spec.config_cls, knobs, f"method '{spec.name}'")
+            origins[key] = f"--set {method}.{key}"
+    tcfg = build_dataclass(TrainConfig, train, "training config", origins)
+    mcfg = build_dataclass(spec.config_cls, knobs, f"method '{spec.name}'", origins)
     resolved = {"train": dataclasses.asdict(tcfg), "method": _jsonable(dataclasses.asdict(mcfg))}
     return tcfg, mcfg, resolved
 

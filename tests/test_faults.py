@@ -230,3 +230,38 @@ def test_unworkable_options_are_one_error_before_anything_runs(vtab_root, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not list(out.rglob("*.json"))
+
+
+# --- 3. suite files of the wrong shape -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, where", [
+    ("methods: {linear: 5}", "methods.linear: expected a mapping of KEY: VALUE, got int 5"),
+    ("tasks: {cifar100: [1, 2]}", "tasks.cifar100: expected a mapping of METHOD: {KEY: VALUE}, got a list [1, 2]"),
+    ("tasks: {cifar100: {linear: 3}}", "tasks.cifar100.linear: expected a mapping of KEY: VALUE, got int 3"),
+    ("methods: [linear, full]", "methods: expected a mapping of METHOD: {KEY: VALUE}, got a list"),
+    ("defaults: [epochs, 3]", "defaults: expected a mapping of KEY: VALUE, got a list"),
+    ("defaults: {epochs: {a: 1}}", "defaults.epochs: expected a value or a list of plain values, got a mapping"),
+    ("tasks: {cifar100: {linear: {lr: [[1]]}}}", "tasks.cifar100.linear.lr: expected a value or a list of plain"),
+    ("methods: {1: {lr: 0.1}}", "methods.1: expected a name (text), got int 1"),
+    ("backbone: [vit]", "backbone: expected text, got a list"),
+    ("tasks: 7", "tasks: expected a mapping of TASK: {METHOD: {KEY: VALUE}}, got int 7"),
+])
+def test_suite_file_of_the_wrong_shape_names_the_key(vtab_root, tmp_path, capsys, body, where):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(body + "\n")
+    assert run_cli(vtab_root, tmp_path / "runs", "--no-report", "--suite-file", str(suite)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: suite file {suite}: {where}"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("body, where", [
+    ("defaults: {warmup_epochs: [1, 2]}", "defaults.warmup_epochs: [1, 2] is not a valid int"),
+    ("tasks: {cifar100: {linear: {lr: fast}}}", "tasks.cifar100.linear.lr: 'fast' is not a valid float"),
+])
+def test_suite_value_of_the_wrong_type_names_file_and_key(vtab_root, tmp_path, capsys, body, where):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(body + "\n")
+    assert run_cli(vtab_root, tmp_path / "runs", "--no-report", "--suite-file", str(suite)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {suite}: {where}"), err

@@ -1,0 +1,65 @@
+"""The shape of a suite YAML file, checked before anything reads it: one error naming the file and key path.
+
+A suite is a mapping of sections; ``defaults`` maps training keys to values, ``methods`` maps a method
+to its overrides, ``tasks`` maps a task to methods to overrides. Values are scalars or lists of
+scalars (e.g. ``ship.layers: [0, 2, 4]``). Which keys exist is checked later, where the method's
+knobs are known (config.resolve).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+SCALAR = (str, int, float, bool, type(None))
+
+
+def _got(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _fail(path: Path, where: str, expected: str, value: Any) -> UsageError:
+    return UsageError(f"suite file {path}: {where}: expected {expected}, got {_got(value)}")
+
+
+def _overrides(path: Path, where: str, value: Any) -> None:
+    """``{key: scalar | [scalars]}`` or nothing."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail(path, where, "a mapping of KEY: VALUE", value)
+    for key, val in value.items():
+        if not isinstance(key, str):
+            raise _fail(path, f"{where}.{key}", "a key name (text)", key)
+        if isinstance(val, list):
+            bad = next((v for v in val if not isinstance(v, SCALAR)), None)
+            if bad is not None:
+                raise _fail(path, f"{where}.{key}", "a value or a list of plain values", val)
+        elif not isinstance(val, SCALAR):
+            raise _fail(path, f"{where}.{key}", "a value or a list of plain values", val)
+
+
+def _nested(path: Path, where: str, value: Any, inner: str, check) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail(path, where, f"a mapping of {inner}", value)
+    for key, val in value.items():
+        if not isinstance(key, str):
+            raise _fail(path, f"{where}.{key}", "a name (text)", key)
+        check(path, f"{where}.{key}", val)
+
+
+def check_suite_shape(raw: dict, path: Path) -> None:
+    """Raise one UsageError naming the first key whose value has the wrong shape."""
+    for key in ("suite", "description", "backbone", "weights"):
+        if key in raw and not isinstance(raw[key], (str, type(None))):
+            raise _fail(path, key, "text", raw[key])
+    _overrides(path, "defaults", raw.get("defaults"))
+    _nested(path, "methods", raw.get("methods"), "METHOD: {KEY: VALUE}", _overrides)
+    _nested(path, "tasks", raw.get("tasks"), "TASK: {METHOD: {KEY: VALUE}}",
+            lambda p, w, v: _nested(p, w, v, "METHOD: {KEY: VALUE}", _overrides))
