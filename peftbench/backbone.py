@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from torch import nn
@@ -125,9 +125,10 @@ def _load_file_into(model: nn.Module, path: Path, trust: bool) -> None:
     if path.suffix.lower() == ".npz":
         from timm.models.vision_transformer import _load_weights
 
+        if not zipfile.is_zipfile(path):  # else numpy guesses a pickle and speaks of "pickled data"
+            raise CheckpointError(f"--weights {path}: not a .npz archive (the file is not a zip archive: "
+                                  "truncated, or another format under a .npz name)")
         try:
-            with np.load(path) as probe:
-                probe.files  # noqa: B018 - fails fast on a file that is not a zip archive
             _load_weights(model, str(path))
         except KeyError as exc:
             raise CheckpointError(f"--weights {path}: missing key {exc} for {type(model).__name__}") from exc

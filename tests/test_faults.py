@@ -265,3 +265,33 @@ def test_suite_value_of_the_wrong_type_names_file_and_key(vtab_root, tmp_path, c
     assert run_cli(vtab_root, tmp_path / "runs", "--no-report", "--suite-file", str(suite)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {suite}: {where}"), err
+
+
+# --- 6. pre-flight noise ---------------------------------------------------------------------------------------------
+
+def _preflight_problems(root: Path, task: str = "eurosat") -> list[str]:
+    from peftbench.data.splits import read_task_lists
+    from peftbench.data.tasks import resolve_tasks
+    from peftbench.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        read_task_lists(root, resolve_tasks(task, "vtab1k")[0])
+    return [line.strip() for line in str(info.value).splitlines()[1:]]
+
+
+@pytest.mark.parametrize("split", ["train800", "val200", "train800val200"])
+def test_a_bad_line_is_one_problem_not_two(vtab_root, split):
+    folder = vtab_root / "eurosat"
+    lines = (folder / f"{split}.txt").read_text().splitlines()
+    lines[1] = lines[1].rsplit(" ", 1)[0] + " ten"
+    (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    assert _preflight_problems(vtab_root) == [f"{folder / f'{split}.txt'}:2: label 'ten' is not an integer"]
+
+
+def test_non_utf8_list_names_the_line(vtab_root):
+    path = vtab_root / "eurosat" / "val200.txt"
+    lines = path.read_bytes().splitlines()
+    lines[2] = lines[2].replace(b".", b"\xe9.", 1)  # a Latin-1 é in an image path
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (problem,) = _preflight_problems(vtab_root)
+    assert problem.startswith(f"{path}:3: not UTF-8 text (byte 0xe9")

@@ -46,10 +46,12 @@ def find_task_folder(root: Path, task: TaskSpec) -> Path:
 def _read_list(list_file: Path, folder: Path, num_classes: int, problems: list[str]) -> list[Entry]:
     entries: list[Entry] = []
     root = folder.resolve()
+    data = list_file.read_bytes()
     try:
-        text = list_file.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        problems.append(f"{list_file}: not UTF-8 text ({exc.reason})")
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        problems.append(f"{list_file}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason})")
         return entries
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -86,14 +88,18 @@ def read_task_lists(root: Path, task: TaskSpec) -> TaskLists:
     folder = find_task_folder(Path(root), task)
     problems: list[str] = []
     splits: dict[str, list[Entry]] = {}
+    clean: set[str] = set()  # lists without a bad line: only these are compared for equality
     for split in SPLITS:
         list_file = folder / f"{split}.txt"
         if not list_file.is_file():
             problems.append(f"{list_file}: missing split file")
             continue
+        before = len(problems)
         splits[split] = _read_list(list_file, folder, task.num_classes, problems)
+        if len(problems) == before:
+            clean.add(split)
     warnings: list[str] = []
-    if all(s in splits for s in ("train800", "val200", "train800val200")):
+    if {"train800", "val200", "train800val200"} <= clean:  # else the skipped bad line itself would differ
         union = {e.rel for e in splits["train800"]} | {e.rel for e in splits["val200"]}
         combined = {e.rel for e in splits["train800val200"]}
         if union != combined:
