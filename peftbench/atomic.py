@@ -7,10 +7,11 @@ reports, decoded-image caches, SHIP's prototype banks and generated suites all u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 UMASK = os.umask(0o022)
@@ -65,6 +66,23 @@ def atomic_folder(path: Path, write: Callable[[Path], None]) -> bool:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A temporary sibling of ``folder`` to write a set of files into; they move into ``folder`` only
+    when the block ends without error (renames on one filesystem: no space needed), else ``folder`` is
+    left as it was. Unlike atomic_folder, ``folder`` may hold other files (the user's): they are kept."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield stage
+        folder.mkdir(exist_ok=True)
+        for path in sorted(stage.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:

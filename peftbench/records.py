@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os  # noqa: F401  (tests patch records.os.fsync / .replace: the same os module atomic.py uses)
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,67 @@ def write_record(path: Path, record: dict) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _accuracy(value: Any) -> bool:
+    return _number(value) and 0 <= value <= 100
+
+
+def _count(value: Any) -> bool:
+    return _number(value) and value >= 0 and float(value).is_integer()
+
+
+def _amount(value: Any) -> bool:  # seconds, GFLOPs, images per second
+    return _number(value) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _sizes(value: Any) -> bool:
+    return isinstance(value, list) and all(_count(v) for v in value)
+
+
+def _phase_times(value: Any) -> bool:
+    return isinstance(value, dict) and all(_amount(v) or v is None for v in value.values())
+
+
+# what the report computes with: (section, key) -> (test, what it must be). None is always allowed (not measured).
+FIELDS: dict[tuple[str | None, str], tuple[Callable[[Any], bool], str]] = {
+    **{("metrics", k): (_accuracy, "an accuracy in [0, 100]") for k in ("test_top1", "val_top1")},
+    **{("metrics", k): (_count, "a count (a finite non-negative integer)")
+       for k in ("trainable_params", "head_params", "total_params", "stored_per_task_params", "peak_mem_bytes",
+                 "epochs_done")},
+    **{("metrics", k): (_amount, "a finite non-negative number")
+       for k in ("gflops", "train_img_per_s", "infer_img_per_s", "first_step_s")},
+    ("metrics", "final_train_loss"): (_number, "a finite number"),
+    ("metrics", "wall_s"): (_phase_times, "an object of seconds per phase"),
+    **{("metrics", k): (_text, "text") for k in ("precision", "peak_mem_kind", "eval_split")},
+    **{(None, k): (_text, "text") for k in ("suite", "reason", "created")},
+    **{("backbone", k): (_text, "text") for k in ("name", "weights", "checksum")},
+    ("backbone", "img_size"): (_sizes, "a list of sizes"),
+    **{("train", k): (_text, "text") for k in ("protocol", "precision")},
+    ("train", "epochs"): (_count, "a count (a finite non-negative integer)"),
+    ("provenance", "device"): (_text, "text"),
+}
+
+
+def _section(record: dict, name: str | None) -> Any:
+    if name is None:
+        return record
+    if name == "train":
+        return record["config"].get("train", {})
+    return record[name]
+
+
 def validate(record: Any) -> str | None:
-    """None if the record has the schema's shape, else what is wrong."""
+    """None if the record has the schema's shape and believable values, else what is wrong (naming the field).
+
+    A record is data from disk: hand-edited, written by another version, or damaged. The report computes
+    means and plots from it, so NaN, 1e308 or a string where a number belongs must not get that far."""
     if not isinstance(record, dict):
         return "not a JSON object"
     missing = [k for k in REQUIRED if k not in record]
@@ -70,10 +129,21 @@ def validate(record: Any) -> str | None:
         return "missing key(s): " + ", ".join(missing)
     if record["status"] not in STATUSES:
         return f"unknown status {record['status']!r}"
-    if not isinstance(record["metrics"], dict) or not isinstance(record["config"], dict):
-        return "metrics and config must be objects"
-    if not all(isinstance(record[k], str) for k in ("run_id", "method", "task")) or not isinstance(record["seed"], int):
-        return "run_id, method and task must be strings and seed an integer"
+    for key in ("metrics", "config", "backbone", "data", "provenance"):
+        if not isinstance(record[key], dict):
+            return f"{key} must be an object"
+    if not all(isinstance(record[k], str) for k in ("run_id", "method", "task")):
+        return "run_id, method and task must be strings"
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        return f"seed = {record['seed']!r}: must be an integer"
+    if not isinstance(record["config"].get("train", {}), dict):
+        return "config.train must be an object"
+    for (section, key), (ok, what) in FIELDS.items():
+        value = _section(record, section).get(key)
+        if value is not None and not ok(value):
+            where = key if section is None else f"{'config.train' if section == 'train' else section}.{key}"
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return f"{where} = {shown}: must be {what}"
     return None
 
 

@@ -295,3 +295,99 @@ def test_non_utf8_list_names_the_line(vtab_root):
     path.write_bytes(b"\n".join(lines) + b"\n")
     (problem,) = _preflight_problems(vtab_root)
     assert problem.startswith(f"{path}:3: not UTF-8 text (byte 0xe9")
+
+
+# --- 2. a report that does not trust its records, written whole or not at all -----------------------------------------
+
+def _write_raw(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))  # allow_nan: NaN / Infinity tokens, as a foreign writer may leave
+
+
+BAD_VALUES = [
+    ("metrics", "test_top1", float("nan"), "metrics.test_top1 = nan: must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", float("inf"), "metrics.test_top1 = inf: must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", 1e308, "metrics.test_top1 = 1e+308: must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", 250, "metrics.test_top1 = 250: must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", -1.0, "metrics.test_top1 = -1.0: must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", "87.5", "metrics.test_top1 = '87.5': must be an accuracy in [0, 100]"),
+    ("metrics", "test_top1", True, "metrics.test_top1 = True: must be an accuracy in [0, 100]"),
+    ("metrics", "trainable_params", float("nan"), "metrics.trainable_params = nan: must be a count"),
+    ("metrics", "trainable_params", -5, "metrics.trainable_params = -5: must be a count"),
+    ("metrics", "trainable_params", 2.5, "metrics.trainable_params = 2.5: must be a count"),
+    ("metrics", "gflops", "fast", "metrics.gflops = 'fast': must be a finite non-negative number"),
+    ("metrics", "peak_mem_bytes", float("inf"), "metrics.peak_mem_bytes = inf: must be a count"),
+    ("metrics", "wall_s", {"train": "ten"}, "metrics.wall_s = {'train': 'ten'}: must be an object of seconds"),
+    ("backbone", "img_size", 224, "backbone.img_size = 224: must be a list of sizes"),
+    ("backbone", "name", ["vit"], "backbone.name = ['vit']: must be text"),
+    ("config", "train", {"epochs": [1]}, "config.train.epochs = [1]: must be a count"),
+    (None, "seed", "0", "seed = '0': must be an integer"),
+    (None, "metrics", [], "metrics must be an object"),
+]
+
+
+def _bad_record(section, key, value, seed: int = 1) -> dict:
+    from test_report import make_record
+
+    bad = make_record("linear", "cifar100", seed, 70.0)
+    (bad if section is None else bad[section])[key] = value
+    return bad
+
+
+@pytest.mark.parametrize("section, key, value, why", BAD_VALUES, ids=[f"{k}={v!r}" for _, k, v, _ in BAD_VALUES])
+def test_a_record_with_an_unbelievable_value_is_skipped_naming_the_field(tmp_path, section, key, value, why):
+    from peftbench.records import load_records
+
+    _write_raw(tmp_path / "bad.json", _bad_record(section, key, value))
+    records, problems = load_records(tmp_path)
+    assert records == []
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'bad.json'}: not a peftbench record ({why}")
+
+
+def test_report_leaves_bad_records_out_of_its_means(tmp_path, capsys):
+    from test_report import make_record
+
+    runs = tmp_path / "runs"
+    _write_raw(runs / "good.json", make_record("linear", "cifar100", 0, 60.0))
+    for i, (section, key, value, _) in enumerate(BAD_VALUES[:8]):
+        _write_raw(runs / f"bad{i}.json", _bad_record(section, key, value, seed=i + 1))
+    assert main(["report", str(runs), "--no-reference"]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("warning: skipped ")]
+    assert len(warnings) == 8 and all(f"{runs}/bad" in w and "metrics." in w for w in warnings)
+    (row,) = [line for line in (runs / "report" / "summary.md").read_text().splitlines()
+              if line.startswith("| linear |")]
+    assert row.startswith("| linear | 60.0 | 60.0 (1/19) |") and row.endswith("| 1 |")  # one seed: the good one
+
+
+def _tiny_report_runs(root: Path) -> Path:
+    from test_report import make_record
+
+    for seed, acc in ((0, 60.0), (1, 62.0)):
+        _write_raw(root / f"r{seed}.json", make_record("linear", "cifar100", seed, acc))
+    return root
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "patched"])
+def test_report_on_a_full_disk_is_one_error_and_changes_nothing(tmp_path, monkeypatch, capsys, how):
+    import matplotlib.figure
+
+    runs = _tiny_report_runs(tmp_path / "runs")
+    with contextlib.ExitStack() as stack:
+        if how == "tmpfs":
+            out = stack.enter_context(tiny_disk(tmp_path / "disk")) / "report"
+        else:
+            out = tmp_path / "report"
+            out.mkdir()
+            (out / "summary.md").write_text("the previous report\n")
+            monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _no_space)  # text files written, plots fail
+        before = sorted(p.name for p in out.parent.iterdir())
+        rc = main(["report", str(runs), "--out", str(out), "--no-reference"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert err == f"error: cannot write the report to {out}: No space left on device; nothing in it was changed; " \
+                      "free space and run `peftbench report` again\n"
+        assert sorted(p.name for p in out.parent.iterdir()) == before  # no temporary folder left
+        if how == "patched":  # the old report stays whole: no new markdown linking plots that were never made
+            assert [p.name for p in out.iterdir()] == ["summary.md"]
+            assert (out / "summary.md").read_text() == "the previous report\n"

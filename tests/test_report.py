@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from peftbench import report
+from peftbench.atomic import staged_folder
 from peftbench.data.tasks import SUITES, TaskSpec
 from peftbench.errors import UsageError
 from peftbench.records import record_path, write_record
@@ -243,16 +244,15 @@ def test_reference_points_hollow_only_when_parameters_known():
 
 def test_pareto_front_and_atomic_write(tmp_path):
     assert report.pareto_front([(1, 50), (2, 60), (3, 55), (0.5, 40), (2, 60)]) == [3, 0, 1, 4]
-    target = tmp_path / "summary.md"
+    target = tmp_path / "report" / "summary.md"
+    target.parent.mkdir()
     target.write_text("old\n")
 
-    def boom(tmp: Path) -> None:
-        tmp.write_text("half")
+    with pytest.raises(RuntimeError), staged_folder(target.parent) as stage:
+        (stage / "summary.md").write_text("half")
         raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        report._atomic(target, boom)
-    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["report"]
+    assert [p.name for p in target.parent.iterdir()] == ["summary.md"]
 
 
 def test_builtin_mini_suite_layout_without_prior_import():

@@ -2,7 +2,8 @@
 
 ``write_report(runs_dir, out_dir)`` reads the records under ``runs_dir`` and writes into
 ``out_dir``: ``summary.md``, ``summary.csv``, ``summary.json``, ``records.csv`` and, per table,
-four plots as PNG and SVG. Each file is written to a temporary name and renamed into place.
+four plots as PNG and SVG. The files are written into a temporary folder next to ``out_dir`` and
+moved in together: a failure (a full disk) changes nothing and is one ReportError.
 
 The package: ``setting`` (which runs are comparable, which task columns), ``aggregate``
 (cells, averages, rows, tables on pandas), ``markdown``, ``export`` (CSV/JSON) and ``plots``.
@@ -37,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write
-from ..errors import UsageError
+from ..atomic import staged_folder
+from ..errors import PeftbenchError, UsageError
 from ..records import finite, load_records, to_dataframe
 from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
 from .export import summary_csv, summary_json, table_rows_flat
@@ -63,18 +64,14 @@ __all__ = [
     "load_reference", "make_row", "markdown_table", "metric_name", "pareto_front", "plot_accuracy_vs_params",
     "plot_accuracy_vs_throughput", "plot_group_means", "plot_heatmap", "render_markdown", "render_status",
     "setting_of", "split_settings", "status_counts", "summary_csv", "summary_json", "summary_tables",
-    "table_columns", "table_figures", "table_rows_flat", "task_layout", "write_report", "_style",
+    "table_columns", "table_figures", "table_rows_flat", "task_layout", "write_report", "ReportError", "_style",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    return atomic_write(path, write, durable=False)  # a report can simply be written again
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda tmp: tmp.write_text(text))
+class ReportError(PeftbenchError):
+    """The report could not be written (e.g. a full disk); its folder was left as it was."""
 
 
 def _json_default(obj: Any) -> Any:
@@ -100,20 +97,26 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
         extra = f" ({len(problems)} unreadable file(s) skipped)" if problems else ""
         raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
     tables = summary_tables(records, load_reference() if reference else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [
-        _atomic_text(out_dir / "summary.md", render_markdown(tables, records, problems, runs_dir)),
-        _atomic_text(out_dir / "summary.csv", summary_csv(tables)),
-        _atomic_text(out_dir / "summary.json", json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
-                                                          indent=2, default=_json_default) + "\n"),
-        _atomic(out_dir / "records.csv", lambda tmp: to_dataframe(records).to_csv(tmp, index=False)),
-    ]
+    try:
+        with staged_folder(out_dir) as stage:
+            _write_files(stage, tables, records, problems, runs_dir)
+            names = sorted(p.name for p in stage.iterdir())
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; nothing in it was "
+                          "changed; free space and run `peftbench report` again") from exc
+    return [out_dir / name for name in names]
+
+
+def _write_files(folder: Path, tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path
+                 ) -> None:
+    (folder / "summary.md").write_text(render_markdown(tables, records, problems, runs_dir))
+    (folder / "summary.csv").write_text(summary_csv(tables))
+    (folder / "summary.json").write_text(json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
+                                                    indent=2, default=_json_default) + "\n")
+    to_dataframe(records).to_csv(folder / "records.csv", index=False)
     style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))
     for table in tables:
         for name, fig in table_figures(table, style).items():
             for fmt in ("png", "svg"):
                 meta = {"Date": None} if fmt == "svg" else {"Software": None}
-                written.append(_atomic(out_dir / f"{name}.{fmt}",
-                                       lambda tmp, fig=fig, fmt=fmt, meta=meta: fig.savefig(
-                                           tmp, format=fmt, dpi=DPI, metadata=meta)))
-    return written
+                fig.savefig(folder / f"{name}.{fmt}", format=fmt, dpi=DPI, metadata=meta)
