@@ -71,10 +71,12 @@ def test_empty_or_unreadable_claim_is_stale_at_once(tmp_path, debris):
     claims = Claims(tmp_path, "me", timeout=600)
     claims.folder.mkdir(parents=True)
     claims.path("r1").write_text(debris)  # what a crash or a full disk left while the claim was written
-    assert not claims.live("r1")
-    claim = claims.acquire("r1")
+    claim = claims.acquire("r1")  # at once: its mtime is fresh, the timeout far away
     assert claim is not None and claims.owner("r1")["worker"] == "me"
+    assert claims.live("r1")
     claim.release()
+    claims.path("r1").write_text(debris)
+    assert not claims.live("r1")
 
 
 def test_phantom_claim_does_not_stop_the_sweep(vtab_root, tmp_path, capsys):
