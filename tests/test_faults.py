@@ -108,13 +108,19 @@ def test_claim_on_a_full_disk_is_one_error_and_leaves_nothing(tmp_path, monkeypa
         assert [p.name for p in claims.folder.iterdir()] == []  # no phantom, no temporary file
 
 
-def test_full_disk_at_claim_time_in_a_sweep_is_one_error_line(vtab_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(claims_mod.json, "dump", _no_space)
-    assert run_cli(vtab_root, tmp_path / "runs", "--no-report") == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot write a claim in ") and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-    assert not list((tmp_path / "runs" / ".claims").iterdir())
+@pytest.mark.parametrize("how", ["tmpfs", "patched"])
+def test_full_disk_at_claim_time_in_a_sweep_is_one_error_line(vtab_root, tmp_path, monkeypatch, capsys, how):
+    with contextlib.ExitStack() as stack:
+        if how == "tmpfs":
+            out = stack.enter_context(tiny_disk(tmp_path / "disk")) / "runs"
+        else:
+            out = tmp_path / "runs"
+            monkeypatch.setattr(claims_mod.json, "dump", _no_space)
+        assert run_cli(vtab_root, out, "--no-report") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot write a claim in ") and "No space left on device" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not list((out / ".claims").iterdir())  # no phantom for the next run to trip over
 
 
 def test_runs_left_to_a_dead_worker_make_the_sweep_fail(vtab_root, tmp_path, monkeypatch, capsys):
@@ -204,18 +210,17 @@ def test_ship_settings_that_cannot_work_are_refused_before_any_run(vtab_root, tm
     assert not list(out.rglob("*.json"))  # linear/cifar100 was not trained first
 
 
-def test_ship_check_passes_workable_settings(vtab_root, tmp_path):
-    from peftbench.checks import run_facts
+def test_ship_check_passes_workable_settings():
     from peftbench.method_api import RunFacts
+    from peftbench.methods.ship import ShipConfig
 
-    methods = pytest.importorskip("peftbench.methods.ship")
     facts = RunFacts(task="t", num_classes=10, train_size=1000, img_size=(224, 224), image_tokens=196,
                      prefix_tokens=1, depth=12, epochs=100)
-    assert methods.ShipConfig().check(facts) == []
+    assert ShipConfig().check(facts) == []
     # explicit layers [0] take no attribute prompt, and a matching loss that never switches on needs no tokens
     small = RunFacts(**{**facts.__dict__, "image_tokens": 4, "epochs": 10})
-    assert methods.ShipConfig(layers=(0,), matching_warmup=10).check(small) == []
-    assert run_facts  # the runner's constructor of these facts is exercised by the sweep test above
+    assert ShipConfig(layers=(0,), matching_warmup=10).check(small) == []
+    assert ShipConfig(num_prototypes=1000, prototypes="bank.npy").check(facts) == []  # a bank: no k-means
 
 
 @pytest.mark.parametrize("option, value, message", [
