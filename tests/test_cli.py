@@ -141,9 +141,17 @@ def test_make_synthetic_like_vtab1k(tmp_path):
         assert len(lists.splits["train800"]) == 4 and len(lists.splits["test"]) == round(task.test_size * 0.005)
         first = lists.splits["test"][0].path
         assert first.suffix == ".jpg"
-        w, h = (int(v) for v in task.native_resolution.split("x"))
-        assert Image.open(first).size == (w, h)
+        assert Image.open(first).size == task.native_size
     assert main(["make-synthetic", "--out", str(tmp_path), "--scale", "2"]) == 2
+
+
+def test_synthetic_dmlab_and_clevr_are_landscape_like_the_real_frames(tmp_path):
+    """VTAB's dmlab frames are 360 high, 480 wide; clevr's 320 high, 480 wide (PIL sizes are width, height)."""
+    from PIL import Image
+
+    assert main(["make-synthetic", "--out", str(tmp_path), "--tasks", "dmlab,clevr_dist", "--scale", "0.0002"]) == 0
+    assert Image.open(next((tmp_path / "dmlab" / "images").rglob("*.jpg"))).size == (480, 360)
+    assert Image.open(next((tmp_path / "clevr_dist" / "images").rglob("*.jpg"))).size == (480, 320)
 
 
 def test_suite_recipes_ship_inside_the_package():

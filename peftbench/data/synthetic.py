@@ -68,10 +68,10 @@ def write_task(folder: Path, num_classes: int, sizes: dict[str, int], hw: tuple[
 
 
 def _native_hw(task: TaskSpec) -> tuple[int, int]:
-    if "x" in task.native_resolution:
-        w, h = (int(v) for v in task.native_resolution.split("x"))
-        return h, w
-    return 300, 400  # "variable" tasks: a typical photo size
+    if task.native_size is None:
+        return 300, 400  # "variable" tasks: a typical photo size
+    width, height = task.native_size
+    return height, width
 
 
 def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, seed: int = 0,

@@ -12,12 +12,24 @@ GROUPS = ("natural", "specialized", "structured")
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task. ``native_resolution`` is written width×height, as image tools print sizes
+    (PIL's ``Image.size``): "480x320" is a landscape image 480 pixels wide; "variable" when
+    the images differ."""
+
     name: str
     num_classes: int
     group: str
     test_size: int
     native_resolution: str
     aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """(width, height) of every image, or None when the sizes vary."""
+        if "x" not in self.native_resolution:
+            return None
+        width, height = (int(v) for v in self.native_resolution.split("x"))
+        return width, height
 
     @property
     def folder_names(self) -> tuple[str, ...]:
@@ -28,7 +40,8 @@ def _t(name, classes, group, test, native, *aliases) -> TaskSpec:
     return TaskSpec(name, classes, group, test, native, tuple(aliases))
 
 
-# VTAB order (natural, specialized, structured) as in the papers' tables.
+# VTAB order (natural, specialized, structured) as in the papers' tables; sizes width×height
+# (clevr frames are 480 wide, 320 high; dmlab frames 480 wide, 360 high).
 VTAB1K: tuple[TaskSpec, ...] = (
     _t("cifar100", 100, "natural", 10_000, "32x32", "cifar"),
     _t("caltech101", 102, "natural", 6_084, "variable"),
@@ -44,7 +57,7 @@ VTAB1K: tuple[TaskSpec, ...] = (
        "diabetic_retinopathy_detection"),
     _t("clevr_count", 8, "structured", 15_000, "480x320"),
     _t("clevr_dist", 6, "structured", 15_000, "480x320"),
-    _t("dmlab", 6, "structured", 22_735, "360x480"),
+    _t("dmlab", 6, "structured", 22_735, "480x360"),
     _t("kitti", 4, "structured", 711, "variable"),
     _t("dsprites_loc", 16, "structured", 73_728, "64x64"),
     _t("dsprites_ori", 16, "structured", 73_728, "64x64"),
