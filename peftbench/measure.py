@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
-import resource
-import sys
+import ctypes
+import ctypes.util
+import gc
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -83,9 +86,59 @@ def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], 
     return {"train_img_per_s": train_ips, "infer_img_per_s": infer_ips}
 
 
-def peak_memory(device: torch.device) -> tuple[int | None, str]:
-    """CUDA: peak allocated bytes since the last reset. CPU: the process's peak resident set."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _release_freed_heap() -> None:
+    """Hand memory freed by earlier runs back to the OS (glibc keeps it resident otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may then include memory an earlier run freed
+        pass
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        match = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+class RunMemory:
+    """Peak memory of one run, not of the process: a sweep runs many in one process.
+
+    CUDA: torch's peak allocated bytes since :meth:`start`. CPU: the peak resident set since
+    :meth:`start`, from Linux's high-water mark ``VmHWM``, which writing "5" to
+    ``/proc/self/clear_refs`` resets to the current resident set. The figure includes what the
+    process already holds when the run starts (interpreter, torch, the shared backbone weights and
+    decoded images), the same for every run of a sweep. Where that reset is unavailable (not Linux)
+    the peak is None (the report shows "—"): a lifetime maximum would grow with sweep order.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind: str | None = None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_max_allocated"
+            return
+        _release_freed_heap()
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            self.kind = None
+            return
+        self.kind = "run_peak_rss" if _vm_hwm_bytes() is not None else None
+
+    def peak(self) -> tuple[int | None, str | None]:
+        """(bytes, kind) since :meth:`start`; (None, None) where this platform cannot tell."""
+        if self.kind == "cuda_max_allocated":
+            return int(torch.cuda.max_memory_allocated(self.device)), self.kind
+        if self.kind == "run_peak_rss":
+            return _vm_hwm_bytes(), self.kind
+        return None, None

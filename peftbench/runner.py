@@ -38,7 +38,7 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     resolve_weights,
     run_id_of,
 )
-from .measure import count_params, inference_gflops, measure_throughput, peak_memory
+from .measure import RunMemory, count_params, inference_gflops, measure_throughput
 from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
@@ -114,10 +114,10 @@ def _train_and_evaluate(model: torch.nn.Module, batches: tuple[Batches, Batches]
 
 
 def _measure(model: torch.nn.Module, task: TaskSpec, tcfg: TrainConfig, precision: str, backbone: Backbone,
-             device: torch.device, metrics: dict[str, Any], clock: _Clock) -> None:
+             device: torch.device, memory: RunMemory, metrics: dict[str, Any], clock: _Clock) -> None:
     """Peak memory of the run, then training and inference throughput on synthetic batches."""
     clock.start("measurement")
-    metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = peak_memory(device)
+    metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = memory.peak()
     autocast = autocast_factory(precision, device)
     metrics.update(measure_throughput(
         model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast), backbone.preprocess.img_size,
@@ -137,8 +137,8 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     precision = effective_precision(tcfg, device)
     wall: dict[str, float] = {"data": data.decode_s}
     seed_everything(seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = RunMemory(device)
+    memory.start()
     t0 = time.perf_counter()
     model, ctx = _build(spec, task, seed, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
@@ -148,7 +148,7 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     try:
         resumed_from = _train_and_evaluate(model, batches, eval_split, seed, tcfg, precision, device, reporter,
                                            checkpoint, metrics, clock)
-        _measure(model, task, tcfg, precision, backbone, device, metrics, clock)
+        _measure(model, task, tcfg, precision, backbone, device, memory, metrics, clock)
     except Diverged as exc:
         status, reason = "diverged", str(exc)
     except torch.cuda.OutOfMemoryError as exc:
