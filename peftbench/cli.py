@@ -261,6 +261,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{info['method']} on {info['backbone']} (weights: {info['weights']}), "
                   f"{info['num_classes']} classes, {info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
     console.print(f"  trainable parameters: {info['trainable_params']:,} (classifier {info['head_params']:,})")
+    console.print(f"  stored per task:      {info['stored_per_task_params']:,} (trainable + per-task buffers)")
     console.print(f"  total parameters:     {info['total_params']:,}")
     console.print(f"  inference GFLOPs:     {info['gflops']:.2f} per image")
     for note in info["notices"]:

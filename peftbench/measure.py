@@ -28,6 +28,23 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"trainable_params": trainable, "head_params": head, "total_params": total}
 
 
+def tensor_ids(module: nn.Module) -> frozenset[int]:
+    """Identities of a module's parameters and buffers: taken from the backbone before a method is built."""
+    return frozenset(id(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def stored_per_task(model: nn.Module, backbone: frozenset[int]) -> int:
+    """Values a user keeps for each task besides the shared pre-trained backbone.
+
+    Every trainable parameter, plus every frozen parameter or persistent buffer that the method
+    added (not among ``backbone``, the pre-trained model's tensors): SHIP's prototype bank, say.
+    Found structurally, from the state dict, never by names; non-persistent buffers are
+    recomputed, not stored.
+    """
+    state = {id(t): t for t in model.state_dict(keep_vars=True).values()}.values()
+    return sum(t.numel() for t in state if t.requires_grad or id(t) not in backbone)
+
+
 @torch.no_grad()
 def inference_gflops(model: nn.Module, img_size: tuple[int, int], device: torch.device | str = "cpu") -> float:
     """GFLOPs for one image (2 × multiply-accumulates), matmuls inside attention included.

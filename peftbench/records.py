@@ -7,7 +7,7 @@ Schema (``SCHEMA_VERSION``)::
     config   {train {...}, method {...}}                fully resolved
     backbone {name, weights, checksum, img_size, interpolation, mean, std}
     data     {root, folder, checksum, splits {name: size}, train_split, eval_split}
-    metrics  {test_top1 | val_top1, trainable_params, head_params, total_params, gflops,
+    metrics  {test_top1 | val_top1, trainable_params, stored_per_task_params, head_params, total_params, gflops,
               train_img_per_s, infer_img_per_s, peak_mem_bytes, peak_mem_kind, wall_s {phase: s},
               final_train_loss, epochs_done}
     method_info {...}                                   what the method chose (e.g. SHIP layers)

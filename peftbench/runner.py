@@ -38,7 +38,7 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     resolve_weights,
     run_id_of,
 )
-from .measure import RunMemory, count_params, inference_gflops, measure_throughput
+from .measure import RunMemory, count_params, inference_gflops, measure_throughput, stored_per_task, tensor_ids
 from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
@@ -80,12 +80,15 @@ def _batches(split: SplitData, backbone: Backbone, device: torch.device) -> Batc
 
 def _build(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
            device: torch.device, cache_dir: Path, train_batches: Batches, reporter: Reporter
-           ) -> tuple[torch.nn.Module, BuildContext]:
+           ) -> tuple[torch.nn.Module, BuildContext, int]:
+    """The method's model, its build context and the values it stores per task (see ``stored_per_task``)."""
     vit = backbone.instantiate(task.num_classes, drop_path=tcfg.drop_path).to(device)
+    shared = tensor_ids(vit)
     ctx = BuildContext(preprocess=backbone.preprocess, device=device, seed=seed, task=task,
                        backbone_checksum=backbone.checksum, cache_dir=cache_dir, train_batches=train_batches,
                        status=lambda s: reporter.run_progress(0, description=s))
-    return spec.build(vit, task.num_classes, mcfg, ctx).to(device), ctx
+    model = spec.build(vit, task.num_classes, mcfg, ctx).to(device)
+    return model, ctx, stored_per_task(model, shared)
 
 
 def _train_and_evaluate(model: torch.nn.Module, batches: tuple[Batches, Batches], eval_split: str, seed: int,
@@ -140,9 +143,9 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     memory = RunMemory(device)
     memory.start()
     t0 = time.perf_counter()
-    model, ctx = _build(spec, task, seed, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
+    model, ctx, stored = _build(spec, task, seed, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
-    metrics: dict[str, Any] = {**count_params(model), "precision": precision,
+    metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
                                "gflops": inference_gflops(model, backbone.preprocess.img_size, device)}
     status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:
@@ -407,11 +410,13 @@ def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str =
     tcfg, mcfg, resolved = resolve(spec, task, load_suite(suite, None), parse_sets(sets or []))
     bb = load_backbone(backbone, weights, img_size, trust_checkpoint)
     vit = bb.instantiate(num_classes, drop_path=tcfg.drop_path)
+    shared = tensor_ids(vit)
     ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
                        cache_dir=default_cache_dir())
     model = spec.build(vit, num_classes, mcfg, ctx)
     out = {"method": method, "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,
            "img_size": list(bb.preprocess.img_size), **count_params(model),
+           "stored_per_task_params": stored_per_task(model, shared),
            "gflops": inference_gflops(model, bb.preprocess.img_size), "config": resolved["method"],
            "method_info": ctx.info, "notices": ctx.notices}
     return out

@@ -54,8 +54,8 @@ def test_run_writes_four_records_and_resumes(vtab_root, tmp_path, capsys):
     assert {(r["method"], r["task"]) for r in recs} == {(m, t) for m in ("linear", "full")
                                                          for t in ("cifar100", "eurosat")}
     r = recs[0]
-    for key in ("test_top1", "trainable_params", "head_params", "total_params", "gflops", "train_img_per_s",
-                "infer_img_per_s", "peak_mem_bytes", "wall_s"):
+    for key in ("test_top1", "trainable_params", "stored_per_task_params", "head_params", "total_params", "gflops",
+                "train_img_per_s", "infer_img_per_s", "peak_mem_bytes", "wall_s"):
         assert key in r["metrics"], key
     assert r["backbone"]["weights"] == "none" and r["config"]["train"]["epochs"] == 2
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
