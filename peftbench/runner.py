@@ -19,6 +19,7 @@ from .checkpoint import Checkpointer
 from .checks import check_options, method_problems, raise_if_any, run_facts
 from .claims import Claims
 from .config import TrainConfig, parse_sets, resolve
+from .data.content import task_content_warnings
 from .data.images import Batches, SplitData, default_cache_dir, load_split
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
 from .data.tasks import TaskSpec, resolve_tasks
@@ -255,6 +256,8 @@ def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir
         advance = reporter.decode(f"{lists.task.name}/{split}", len(entries))
         splits[split] = load_split(entries, pre.img_size, pre.interpolation, str(lists.folder / f"{split}.txt"),
                                    cache_dir, advance)
+    for warning in task_content_warnings(lists, splits, protocols):
+        reporter.message(f"warning: task '{lists.task.name}': {warning}")
     return TaskData(lists, splits, time.perf_counter() - t0)
 
 

@@ -161,3 +161,42 @@ def test_device_resize_matches_pil_on_noisy_images(interpolation, size):
     diff = np.abs(x.permute(0, 2, 3, 1).numpy() - ref.astype(np.float32))
     assert diff.max() <= 2, diff.max()  # grey levels of 255 (PIL's fixed-point rounding)
     assert diff.mean() < 0.25
+
+
+def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(vtab_root, tmp_path):
+    """Paths differ, bytes do not: a training image copied into test, and one image under two labels."""
+    import shutil
+
+    from peftbench.runner import Reporter, SweepRequest, run_sweep
+
+    folder = vtab_root / "eurosat"
+    train = (folder / "train800.txt").read_text().splitlines()
+    first, second = (line.split() for line in train[:2])
+    shutil.copy(folder / first[0], folder / "images/test/copy.png")
+    shutil.copy(folder / second[0], folder / "images/train800/twin.png")
+    relabel = f"images/train800/twin.png {(int(second[1]) + 1) % 10}"
+    with open(folder / "test.txt", "a") as f:
+        f.write(f"images/test/copy.png {first[1]}\n")
+    for name in ("train800.txt", "train800val200.txt"):
+        with open(folder / name, "a") as f:
+            f.write(relabel + "\n")
+    n_test = SMALL["test"] + 1
+    n_combined = SMALL["train800"] + SMALL["val200"] + 1
+
+    class Messages(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    said = Messages()
+    run_sweep(SweepRequest(methods=["linear"], tasks="eurosat", suite="vtab1k", data_root=vtab_root,
+                           out=tmp_path / "runs", backbone="test_vit", weights="none", img_size=32,
+                           sets=["epochs=1", "bench_steps=0"]), said)
+    text = "\n".join(said.lines)
+    combined = folder / "train800val200.txt"
+    assert (f"{folder / 'test.txt'}:{n_test} (images/test/copy.png) is the same image as "
+            f"{combined}:1 ({first[0]})") in text
+    assert (f"{combined}:2 ({second[0]}) label {second[1]} and {combined}:{n_combined} "
+            f"(images/train800/twin.png) label {(int(second[1]) + 1) % 10}: the same image") in text

@@ -38,6 +38,7 @@ class SplitData:
     images: np.ndarray  # uint8, N×H×W×3 (possibly memory-mapped)
     labels: np.ndarray  # int64, N
     checksum: str  # of the list and every image's bytes
+    digests: tuple[str, ...] = ()  # of each image's bytes, in list order (for the content checks)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,7 +87,7 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
             if images.shape[0] == len(entries) and images.dtype == np.uint8:
                 if advance:
                     advance(len(entries))
-                return SplitData(images=images, labels=labels, checksum=checksum)
+                return SplitData(images=images, labels=labels, checksum=checksum, digests=tuple(digests))
         except (ValueError, OSError):
             pass  # a damaged cache file is rebuilt below
     problems: list[str] = []
@@ -135,7 +136,8 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
         del images  # close the memory map before the rename
 
     atomic_write(img_file, write, durable=False)  # a cache: decoded again if lost
-    return SplitData(images=np.load(img_file, mmap_mode="r"), labels=labels, checksum=checksum)
+    return SplitData(images=np.load(img_file, mmap_mode="r"), labels=labels, checksum=checksum,
+                     digests=tuple(digests))
 
 
 def resize_like_pil(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
