@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import PeftbenchError, UsageError
 from .records import REPORT_DIRNAME
 from .registry import load_plugin
@@ -89,6 +90,16 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Fair, fast PEFT benchmarks for vision transformers.")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -118,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers sharing --out: a claimed run with no heartbeat for this long is taken over "
                         "(default 600)")
     r.add_argument("--worker-id", default=None, help="this worker's name in claims and records (default host:pid)")
+    r.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="refuse images with more pixels (decompression bombs); default "
+                        f"{DEFAULT_MAX_IMAGE_PIXELS:,} (12000×12000 passes)")
 
     sub.add_parser("methods", help="list registered methods and their knobs")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
@@ -169,7 +183,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
                        backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
                        cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint,
                        checkpoint_every=args.checkpoint_every, claim_timeout=args.claim_timeout,
-                       worker_id=args.worker_id)
+                       worker_id=args.worker_id, max_image_pixels=args.max_image_pixels)
     try:
         with RichReporter(console) as reporter:
             result = run_sweep(req, reporter)

@@ -18,6 +18,7 @@ import torch
 from .backbone import Backbone
 from .config import Suite, TrainConfig, load_suite_file
 from .data.images import SplitData
+from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .data.splits import PROTOCOL_SPLITS, TaskLists
 from .data.tasks import TaskSpec
 from .errors import UsageError
@@ -43,6 +44,7 @@ class SweepRequest:
     checkpoint_every: int = 0  # epochs between training checkpoints (0 = none); not part of the run id
     claim_timeout: float = 600.0  # seconds without heartbeat after which another worker takes a run over
     worker_id: str | None = None  # default host:pid
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
 
 
 @dataclass

@@ -214,7 +214,7 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
                                           run_facts(task, configs[(task.name, spec.name)][0], lists[task.name],
                                                     backbone)))
     data = {t.name: _decode(lists[t.name], {configs[(t.name, s.name)][0].protocol for s in specs}, backbone,
-                            cache_dir, reporter) for t in tasks}
+                            cache_dir, reporter, req.max_image_pixels) for t in tasks}
     jobs = [_job(task, spec, seed, configs[(task.name, spec.name)], data[task.name], req.suite, backbone)
             for task in tasks for spec in specs for seed in req.seeds]
     return Plan(req, jobs, backbone, data, device, cache_dir)
@@ -245,8 +245,8 @@ def _preflight(data_root: Path, tasks: list[TaskSpec], reporter: Reporter) -> di
     return lists
 
 
-def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir: Path, reporter: Reporter
-            ) -> TaskData:
+def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir: Path, reporter: Reporter,
+            max_pixels: int) -> TaskData:
     """Decode the splits the task's protocols need, once (cached on disk), before any training."""
     pre = backbone.preprocess
     t0 = time.perf_counter()
@@ -255,7 +255,7 @@ def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir
         entries = lists.splits[split]
         advance = reporter.decode(f"{lists.task.name}/{split}", len(entries))
         splits[split] = load_split(entries, pre.img_size, pre.interpolation, str(lists.folder / f"{split}.txt"),
-                                   cache_dir, advance)
+                                   cache_dir, advance, max_pixels=max_pixels)
     for warning in task_content_warnings(lists, splits, protocols):
         reporter.message(f"warning: task '{lists.task.name}': {warning}")
     return TaskData(lists, splits, time.perf_counter() - t0)

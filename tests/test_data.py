@@ -200,3 +200,54 @@ def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(vtab_roo
             f"{combined}:1 ({first[0]})") in text
     assert (f"{combined}:2 ({second[0]}) label {second[1]} and {combined}:{n_combined} "
             f"(images/train800/twin.png) label {(int(second[1]) + 1) % 10}: the same image") in text
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG that claims width × height pixels in a few dozen bytes (the header is all PIL reads first)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_one_line_error_naming_file_and_line(vtab_root, tmp_path, capsys):
+    from peftbench.cli import main
+
+    folder = vtab_root / "eurosat"
+    _png_header(folder / "images/test/bomb.png", 20_000, 20_000)
+    with open(folder / "test.txt", "a") as f:
+        f.write("images/test/bomb.png 3\n")
+    argv = ["run", "--suite", "vtab1k", "--tasks", "eurosat", "--methods", "linear", "--data-root", str(vtab_root),
+            "--backbone", "test_vit", "--weights", "none", "--img-size", "32", "--out", str(tmp_path / "runs"),
+            "--no-report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {folder / 'test.txt'}:{SMALL['test'] + 1}: image images/test/bomb.png is "
+                          "20000×20000 = 400,000,000 pixels, over the limit of 180,000,000")
+    assert "\n" not in err and "--max-image-pixels" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.json"))
+
+
+def test_pixel_limit_is_the_documented_one_and_can_be_raised(vtab_root, tmp_path):
+    from peftbench.data.limits import DEFAULT_MAX_IMAGE_PIXELS
+
+    assert 12_000 * 12_000 <= DEFAULT_MAX_IMAGE_PIXELS < 20_000 * 20_000  # large scans pass, bombs do not
+    lists = read_task_lists(vtab_root, EUROSAT)  # 16 × 16 images
+    where = str(lists.folder / "test.txt")
+    with pytest.raises(DataError, match=r"test.txt:1: image .* is 16×16 = 256 pixels, over the limit of 255"):
+        load_split(lists.splits["test"][:1], (16, 16), "bicubic", where, tmp_path, max_pixels=255)
+    assert len(load_split(lists.splits["test"], (16, 16), "bicubic", where, tmp_path, max_pixels=256)) == SMALL["test"]
+
+
+def test_pixel_limit_above_pils_own_is_honoured(tmp_path, monkeypatch):
+    """PIL refuses images above twice its MAX_IMAGE_PIXELS by itself; a raised limit must win."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL would raise above 200 pixels
+    write_task(tmp_path / "t", 3, {"train800": 1, "val200": 1, "test": 2}, hw=(16, 16))
+    lists = read_task_lists(tmp_path, type(EUROSAT)("t", 3, "natural", 2, "16x16"))
+    data = load_split(lists.splits["test"], (16, 16), "bicubic", "x", tmp_path / "c", max_pixels=256)
+    assert len(data) == 2 and Image.MAX_IMAGE_PIXELS == 100  # and PIL's own setting is put back

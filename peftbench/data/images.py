@@ -9,6 +9,7 @@ second process (or the next sweep) skips decoding and memory-maps it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_write
 from ..errors import DataError
+from .limits import DEFAULT_MAX_IMAGE_PIXELS
 from .splits import Entry
 
 CACHE_VERSION = 1
@@ -66,10 +68,41 @@ def _decode(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
+def _raise_if_any(problems: list[str]) -> None:
+    """One problem: one line; several: all of them, so the user fixes them in one go."""
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise DataError(f"{len(problems)} unusable images:\n  " + "\n  ".join(sorted(problems)))
+
+
+@contextlib.contextmanager
+def _pixel_limit_checked_here() -> Iterator[None]:
+    """Switch PIL's own bomb check off while a split is read: it warns above 89 MP and raises (a
+    traceback, no file named) above 179 MP whatever the user's limit; ``load_split`` checks each
+    image's header against its own limit and names the file and line."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation: str, where: str,
                cache_dir: Path | None = None, advance: Callable[[int], None] | None = None,
-               threads: int | None = None) -> SplitData:
-    """Decode (or load from cache) the images of one split; ``where`` names its list file in errors."""
+               threads: int | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> SplitData:
+    """Decode (or load from cache) the images of one split; ``where`` names its list file in errors.
+
+    An image over ``max_pixels`` pixels (read from its header) is an error before anything is decoded.
+    """
+    with _pixel_limit_checked_here():
+        return _load_split(entries, target, interpolation, where, cache_dir, advance, threads, max_pixels)
+
+
+def _load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation: str, where: str,
+                cache_dir: Path | None, advance: Callable[[int], None] | None, threads: int | None,
+                max_pixels: int) -> SplitData:
     if not entries:
         raise DataError(f"{where}: no images")
     threads = threads or min(16, (os.cpu_count() or 2) * 2)
@@ -95,15 +128,20 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
     def size_of(e: Entry) -> tuple[int, int] | None:
         try:
             with Image.open(e.path) as img:
-                return img.size[1], img.size[0]
+                width, height = img.size
         except (UnidentifiedImageError, OSError) as exc:
             problems.append(f"{where}:{e.line}: cannot decode image {e.rel} ({type(exc).__name__})")
             return None
+        if width * height > max_pixels:
+            problems.append(f"{where}:{e.line}: image {e.rel} is {width}×{height} = {width * height:,} pixels, "
+                            f"over the limit of {max_pixels:,} (a decompression bomb?); if it is genuine, "
+                            "raise the limit with --max-image-pixels")
+            return None
+        return height, width
 
     with ThreadPoolExecutor(threads) as pool:
         sizes = list(pool.map(size_of, entries))
-    if problems:
-        raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
+    _raise_if_any(problems)
     distinct = set(sizes)
     native = distinct.pop() if len(distinct) == 1 else None
     if native is not None and native[0] <= target[0] and native[1] <= target[1]:  # the device only upsamples
@@ -130,8 +168,7 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(entries), *out_hw, 3))
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(partial(decode_into, images), range(len(entries))))
-        if problems:
-            raise DataError(f"{len(problems)} undecodable image(s):\n  " + "\n  ".join(sorted(problems)))
+        _raise_if_any(problems)
         images.flush()
         del images  # close the memory map before the rename
 
