@@ -39,7 +39,7 @@ from peftbench.atomic import atomic_write
 from peftbench.backbone import embed_tokens, freeze, logits_from_tokens
 from peftbench.data.images import Batches
 from peftbench.errors import DataError, UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel, RunFacts
+from peftbench.method_api import BuildContext, FrozenBackboneModel, MethodOutput, RunFacts
 from peftbench.registry import register_method
 
 ATTRIBUTE_LAYERS = 2  # attribute prompts join the last two selected blocks (official)
@@ -388,7 +388,6 @@ class ShipViT(FrozenBackboneModel):
         self.matching_warmup = cfg.matching_warmup if cfg.matching_loss else None
         self.matching_on = cfg.matching_loss and cfg.matching_warmup == 0
         self.num_registers = vit.num_prefix_tokens - 1  # prefix = [class token, registers]
-        self._aux: torch.Tensor | None = None
 
         def uniform(shape: tuple[int, ...], bound: float) -> nn.Parameter:
             return nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype).uniform_(-bound, bound))
@@ -408,15 +407,6 @@ class ShipViT(FrozenBackboneModel):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.matching_on = self.matching_warmup is not None and epoch >= self.matching_warmup
 
-    def aux_loss(self) -> torch.Tensor | None:
-        """Weighted matching loss of the last training forward (read once), or None when off."""
-        loss, self._aux = self._aux, None
-        return loss
-
-    def __getstate__(self) -> dict:
-        # a pending loss is part of an autograd graph, which copy.deepcopy cannot copy
-        return {**super().__getstate__(), "_aux": None}
-
     def _candidate_logits(self, cls_logits: torch.Tensor) -> torch.Tensor:
         if self.num_registers:
             cls_logits = cls_logits.clone()
@@ -429,7 +419,8 @@ class ShipViT(FrozenBackboneModel):
         pattern = weights @ self.prototypes
         return self.pattern_weight * pattern + (1 - self.pattern_weight) * self.attribute[slot]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | MethodOutput:
+        """Logits; in training, with the weighted matching loss (None before its warm-up ends or when off)."""
         vit = self.vit
         x = embed_tokens(vit, images)
         b, n = x.shape[:2]
@@ -439,7 +430,7 @@ class ShipViT(FrozenBackboneModel):
             raise UsageError(f"ship: {n - self.num_registers} image tokens at this input size, fewer than the "
                              f"{needed} most attended ones SHIP selects (lower ship.attr_tokens / ship.matching_topk)")
         shared = None if self.shared is None else self.shared.expand(b, -1, -1)
-        self._aux = logits = None
+        logits = aux = None
         last = len(vit.blocks) - 1
         for i, block in enumerate(vit.blocks):
             if i in self.slot:
@@ -453,8 +444,9 @@ class ShipViT(FrozenBackboneModel):
             x, logits = ship_block(block, x, n, self.scale, self.decoupled, i == last, want_logits)
         if matching:
             cls_logits = self._candidate_logits(logits)
-            self._aux = self.matching_weight * prompt_matching_loss(x, n, cls_logits, self.matching_topk)
-        return logits_from_tokens(vit, x[:, :n])
+            aux = self.matching_weight * prompt_matching_loss(x, n, cls_logits, self.matching_topk)
+        logits = logits_from_tokens(vit, x[:, :n])
+        return MethodOutput(logits, aux) if self.training else logits
 
 
 @register_method("ship", config=ShipConfig,

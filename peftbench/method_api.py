@@ -1,13 +1,14 @@
 """What a method's build function receives besides the backbone, and the hooks it may offer.
 
-A build function ``build(backbone, num_classes, cfg, ctx) -> nn.Module`` returns a module
-mapping normalised images to logits, with ``requires_grad`` set on exactly what it trains.
+A build function (:class:`BuildFn`) returns a module mapping normalised images to logits, with
+``requires_grad`` set on exactly what it trains. In training mode its forward may instead return
+a :class:`MethodOutput`, the logits with an auxiliary loss that the loop adds to the
+cross-entropy (SHIP's matching loss); in evaluation mode it returns the logits alone, so every
+consumer of a trained model (evaluation, FLOP counting, a user's own code) gets plain logits.
 The returned module may define these optional hooks (the shared loop calls them if present
 and never branches on a method's name):
 
 - ``get_classifier()`` -> the classifier module (counted separately as head parameters);
-- ``aux_loss()`` -> a scalar tensor or None, read exactly once after each training forward
-  (the module should drop its reference then: a model holding an autograd graph cannot be copied);
 - ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
 - ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
 - ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -49,13 +51,30 @@ class RunFacts:
     epochs: int
 
 
+class MethodOutput(NamedTuple):
+    """A training forward's result when the method has a loss of its own besides the cross-entropy."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor | None = None  # added to the cross-entropy as is (already weighted); None: none
+
+
+def split_output(out: torch.Tensor | MethodOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, auxiliary loss or None) from whatever a method's forward returned."""
+    if isinstance(out, MethodOutput):
+        return out.logits, out.aux_loss
+    return out, None
+
+
 @dataclass
 class BuildContext:
-    """Facts and services for a method's build step (data-dependent preparation included)."""
+    """Facts and services for a method's build step (data-dependent preparation included).
+
+    There is no seed here: the runner seeds torch's, numpy's and Python's generators with the
+    run's seed right before ``build``, so a method's random initialisation follows the run's seed.
+    """
 
     preprocess: Preprocess
     device: torch.device
-    seed: int = 0
     task: TaskSpec | None = None
     backbone_checksum: str = ""
     cache_dir: Path | None = None
@@ -80,6 +99,17 @@ class BuildContext:
             yield
         finally:
             self.phase_times[name] = self.phase_times.get(name, 0.0) + time.perf_counter() - start
+
+
+class BuildFn(Protocol):
+    """``build(backbone, num_classes, cfg, ctx) -> nn.Module``, registered with ``register_method``.
+
+    ``backbone`` is a timm ViT whose classifier already has ``num_classes`` outputs (the pre-trained
+    weights loaded, the head freshly initialised); ``num_classes`` is there for methods that build a
+    classifier of their own. ``cfg`` is an instance of the method's config dataclass.
+    """
+
+    def __call__(self, backbone: nn.Module, num_classes: int, cfg: Any, ctx: BuildContext) -> nn.Module: ...
 
 
 class FrozenBackboneModel(nn.Module):

@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UsageError
 
 if TYPE_CHECKING:  # torch is heavy (~2 s): `peftbench report` and `tasks` must not pay for it
-    from torch import nn
-
-BuildFn = Callable[..., "nn.Module"]
+    from .method_api import BuildFn
 
 
 @dataclass(frozen=True)

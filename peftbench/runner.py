@@ -79,13 +79,13 @@ def _batches(split: SplitData, backbone: Backbone, device: torch.device) -> Batc
     return Batches(split, pre.img_size, pre.mean, pre.std, pre.interpolation, device)
 
 
-def _build(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
+def _build(spec: MethodSpec, task: TaskSpec, tcfg: TrainConfig, mcfg: Any, backbone: Backbone,
            device: torch.device, cache_dir: Path, train_batches: Batches, reporter: Reporter
            ) -> tuple[torch.nn.Module, BuildContext, int]:
     """The method's model, its build context and the values it stores per task (see ``stored_per_task``)."""
     vit = backbone.instantiate(task.num_classes, drop_path=tcfg.drop_path).to(device)
     shared = tensor_ids(vit)
-    ctx = BuildContext(preprocess=backbone.preprocess, device=device, seed=seed, task=task,
+    ctx = BuildContext(preprocess=backbone.preprocess, device=device, task=task,
                        backbone_checksum=backbone.checksum, cache_dir=cache_dir, train_batches=train_batches,
                        status=lambda s: reporter.run_progress(0, description=s))
     model = spec.build(vit, task.num_classes, mcfg, ctx).to(device)
@@ -144,7 +144,7 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     memory = RunMemory(device)
     memory.start()
     t0 = time.perf_counter()
-    model, ctx, stored = _build(spec, task, seed, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
+    model, ctx, stored = _build(spec, task, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
     metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
                                "gflops": inference_gflops(model, backbone.preprocess.img_size, device)}

@@ -18,6 +18,7 @@ from torch import nn
 from .checkpoint import Checkpointer, rng_state, set_rng_state, trainable_keys, trainable_state
 from .config import TrainConfig
 from .data.images import Batches
+from .method_api import MethodOutput, split_output
 
 
 class Diverged(RuntimeError):
@@ -73,14 +74,11 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps_per_epoch, cfg) / cfg.lr)
 
 
-def loss_fn(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def loss_fn(output: torch.Tensor | MethodOutput, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy plus the auxiliary loss that the method's forward returned, if any."""
+    logits, aux = split_output(output)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-    aux = getattr(model, "aux_loss", None)
-    if aux is not None:
-        extra = aux()
-        if extra is not None:
-            loss = loss + extra
-    return loss
+    return loss if aux is None else loss + aux
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, autocast: Callable
@@ -93,8 +91,8 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, au
         total = x.new_zeros(())
         for xs, ys in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)):
             with autocast():
-                logits = model(xs)
-            loss = loss_fn(model, logits, ys, cfg)
+                output = model(xs)
+            loss = loss_fn(output, ys, cfg)
             (loss * (len(ys) / len(y))).backward()
             total = total + loss.detach() * (len(ys) / len(y))
         if cfg.grad_clip > 0:
@@ -236,7 +234,7 @@ def evaluate(model: nn.Module, batches: Batches, batch_size: int, precision: str
     correct = torch.zeros((), dtype=torch.long, device=device)
     for x, y in batches.iterate(batch_size):
         with autocast():
-            logits = model(x)
+            logits, _ = split_output(model(x))
         correct += (logits.argmax(dim=-1) == y).sum()
         if on_batch:
             on_batch(len(y))

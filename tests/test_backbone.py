@@ -43,10 +43,15 @@ def test_checkpoint_at_another_image_size_is_resampled(tmp_path):
 
 
 def test_classifier_keys_are_ignored(tmp_path):
-    sd = _sd()
+    sd = _sd(init_seed=3)
+    save_file(sd, tmp_path / "plain.safetensors")
     sd["head.weight"], sd["head.bias"] = torch.zeros(1000, 192), torch.zeros(1000)
     save_file(sd, tmp_path / "w.safetensors")
-    load_backbone(TINY, str(tmp_path / "w.safetensors"), img_size=32)
+    with_head = load_backbone(TINY, str(tmp_path / "w.safetensors"), img_size=32)
+    assert with_head.checksum == load_backbone(TINY, str(tmp_path / "plain.safetensors"), img_size=32).checksum
+    assert not [k for k in with_head.state_dict if k.startswith("head.")]
+    head = with_head.instantiate(7).get_classifier()  # the task's classifier, freshly initialised
+    assert head.weight.shape == (7, 192) and head.weight.abs().sum() > 0
 
 
 def test_key_mismatch_lists_keys(tmp_path):

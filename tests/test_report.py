@@ -190,17 +190,14 @@ def test_all_files_written_whole(written):
     assert all(p.stat().st_size > 0 for p in files)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    def px(size: tuple[float, float]) -> tuple[int, int]:
-        return round(size[0] * report.DPI), round(size[1] * report.DPI)
-
-    assert report.DPI >= 150
-    expected = {"accuracy_vs_params.png": px(report.SCATTER_SIZE), "accuracy_vs_throughput.png":
-                px(report.SCATTER_SIZE), "group_means.png": px(report.BAR_SIZE),
-                "heatmap.png": px(report.heatmap_figsize(3 + 5, 5 + 1)),  # methods + references, tasks + mean
-                "heatmap_table2.png": px(report.heatmap_figsize(1 + 5, 1 + 1))}
+    # literal pixel sizes at 150 dpi (the print-quality floor): 9 x 5.6 in scatter plots, a 10 x 5.6 in bar
+    # chart, heatmaps 8 in wide and 2.6 + 0.42 in per row (8 rows: 3 methods + 5 references; 6 rows)
+    expected = {"accuracy_vs_params.png": (1350, 840), "accuracy_vs_throughput.png": (1350, 840),
+                "group_means.png": (1500, 840), "heatmap.png": (1200, 900), "heatmap_table2.png": (1200, 765)}
     for name, size in expected.items():
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.size == size, name
+            assert tuple(round(d) for d in img.info["dpi"]) == (150, 150), name
     assert (out / "heatmap.svg").read_text().lstrip().startswith("<?xml")
 
 
