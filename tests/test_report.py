@@ -260,3 +260,43 @@ def test_builtin_mini_suite_layout_without_prior_import():
             "print([(g, ts) for g, ts in task_layout('mini', ['count', 'digits', 'texture']).groups])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[('natural', ['digits']), ('specialized', ['texture']), ('structured', ['count'])]"
+
+
+def _table1(records: list[dict]) -> list[str]:
+    md = report.render_markdown(report.summary_tables(records), records, [], Path("runs"), generated="now")
+    return _section(md, "## Table 1")
+
+
+def _column(lines: list[str], header: str) -> dict[str, str]:
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines if ln.startswith("| ")]
+    at = rows[0].index(header)
+    return {r[0]: r[at] for r in rows[1:]}
+
+
+def test_stored_per_task_column_beside_the_parameters():
+    """SHIP stores its 200 x 768 prototype bank per task on top of what it trains; VPT stores what it trains."""
+    recs = []
+    for method, stored in (("ship", 400_000 + 200 * 768), ("vpt_deep", 700_000)):
+        rec = make_record(method, "cifar100", 0, 70.0)
+        rec["metrics"]["stored_per_task_params"] = stored
+        recs.append(rec)
+    table1 = _table1(recs)
+    header = next(ln for ln in table1 if ln.startswith("| Method"))
+    assert "| Params excl. head (M) | Stored per task (M) | GFLOPs |" in header
+    assert _column(table1, "Stored per task (M)") == {"ship": "0.554", "vpt_deep": "0.700"}
+    assert any("Stored per task: what a user keeps for each task" in ln for ln in table1)
+    assert not any("Stored per task" in ln for ln in _table1([make_record("linear", "cifar100", 0, 50.0)]))
+
+
+def test_peak_memory_per_run_old_lifetime_figures_and_unmeasured_runs_are_told_apart():
+    per_run, unmeasured = make_record("ship", "cifar100", 0, 70.0), make_record("linear", "cifar100", 0, 50.0)
+    per_run["metrics"]["peak_mem_kind"] = "run_peak_rss"
+    unmeasured["metrics"].update(peak_mem_bytes=None, peak_mem_kind=None)
+    table1 = _table1([per_run, unmeasured])
+    assert _column(table1, "Peak mem (GiB)") == {"linear": "—", "ship": "3.00"}
+    notes = "\n".join(table1)
+    assert "Peak mem: largest over the runs (peak resident set during the run)." in notes
+    assert "Peak mem —: not measured" in notes and "lifetime high-water mark" not in notes
+    old = make_record("linear", "cifar100", 0, 50.0)
+    old["metrics"]["peak_mem_kind"] = "process_peak_rss"
+    assert "is the sweep process's lifetime high-water mark" in "\n".join(_table1([old]))

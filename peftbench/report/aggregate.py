@@ -116,7 +116,7 @@ def make_row(method: str, source: str, cells: dict[str, Cell], layout: Layout) -
     return Row(method, source, cells, group_means, mean_tasks, mean_groups, seeds=seeds)
 
 
-COST_KEYS = ("params_m", "params_excl_head_m", "gflops", "train_img_per_s", "infer_img_per_s")
+COST_KEYS = ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s")
 
 
 def _cost_frame(records: list[dict]) -> pd.DataFrame:
@@ -129,6 +129,8 @@ def _cost_frame(records: list[dict]) -> pd.DataFrame:
             "task": rec["task"],
             "params_m": None if trainable is None else trainable / 1e6,
             "params_excl_head_m": None if trainable is None or head is None else max(trainable - head, 0) / 1e6,
+            # trainable + what else the method keeps per task (absent from records before it was measured)
+            "stored_m": None if m.get("stored_per_task_params") is None else m["stored_per_task_params"] / 1e6,
             **{key: m.get(key) for key in ("gflops", "train_img_per_s", "infer_img_per_s")},
             "peak_mem_gib": None if mem is None else mem / 2**30,
             "peak_mem_kind": None if mem is None else (m.get("peak_mem_kind") or "unknown"),

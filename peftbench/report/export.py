@@ -36,7 +36,7 @@ def table_rows_flat(table: Table) -> list[dict]:
             if avg is not None:
                 flat[name], flat[f"{name}_std"] = avg.mean, avg.std
                 flat[f"{name}_n_tasks"], flat[f"{name}_of_tasks"] = avg.n, avg.total
-        for key in ("params_m", "params_excl_head_m", "gflops", "train_img_per_s", "infer_img_per_s",
+        for key in ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s",
                     "peak_mem_gib"):
             flat[key] = row.costs.get(key)
         flat["caveat"] = row.caveat

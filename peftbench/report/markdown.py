@@ -46,8 +46,10 @@ def _esc(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def table_columns(layout: Layout) -> list[tuple[str, str]]:
-    """(column id, header) in display order: tasks with each group's mean after the group."""
+def table_columns(layout: Layout, stored: bool = False) -> list[tuple[str, str]]:
+    """(column id, header) in display order: tasks with each group's mean after the group.
+
+    ``stored``: with the stored-per-task column (when the records carry it)."""
     cols = [("method", "Method")]
     several = len(layout.groups) >= 2
     for group, tasks in layout.groups:
@@ -58,7 +60,8 @@ def table_columns(layout: Layout) -> list[tuple[str, str]]:
     if several:
         cols.append(("mean_groups", f"Mean of {len(layout.groups)} group means"))
     cols += [("params_m", "Params (M)"), ("params_excl_head_m", "Params excl. head (M)"),
-             ("gflops", "GFLOPs"), ("train_img_per_s", "Train img/s"), ("infer_img_per_s", "Infer img/s"),
+             *([("stored_m", "Stored per task (M)")] if stored else []), ("gflops", "GFLOPs"),
+             ("train_img_per_s", "Train img/s"), ("infer_img_per_s", "Infer img/s"),
              ("peak_mem_gib", "Peak mem (GiB)"), ("seeds", "Seeds")]
     return cols
 
@@ -81,22 +84,33 @@ def _row_cells(row: Row, cols: list[tuple[str, str]], mixed_mem: bool) -> list[s
         elif col == "seeds":
             out.append(row.seed_text)
         elif col == "peak_mem_gib":
-            text = _fmt_num(row.costs.get(col), "mem")
+            text = _fmt_num(row.costs.get(col), "mem") or ("—" if _mem_unmeasured(row) else "")
             if text and mixed_mem:
                 text += " (" + "/".join(_MEM_KIND.get(k, k) for k in row.costs.get("peak_mem_kind", [])) + ")"
             out.append(text)
         else:
-            kind = "params" if col.startswith("params") else "gflops" if col == "gflops" else "rate"
+            kind = "params" if col in ("params_m", "params_excl_head_m", "stored_m") else (
+                "gflops" if col == "gflops" else "rate")
             out.append(_fmt_num(row.costs.get(col), kind))
     return out
 
 
-_MEM_KIND = {"cuda_max_allocated": "CUDA max allocated", "process_peak_rss": "process peak RSS"}
+_MEM_KIND = {"cuda_max_allocated": "CUDA max allocated", "run_peak_rss": "peak resident set during the run",
+             "process_peak_rss": "process peak RSS"}
+
+
+def _mem_unmeasured(row: Row) -> bool:
+    """Our row has complete runs (their parameter counts) but none of them could measure its peak memory."""
+    return row.source == "peftbench" and row.costs.get("params_m") is not None and row.costs.get("peak_mem_gib") is None
+
+
+def has_stored(table: Table) -> bool:
+    return any(row.costs.get("stored_m") is not None for row in table.rows)
 
 
 def markdown_table(table: Table) -> list[str]:
     """The table in the papers' form: our rows, then the published reference rows."""
-    cols = table_columns(table.layout)
+    cols = table_columns(table.layout, has_stored(table))
     mixed_mem = len(table.mem_kinds) > 1
     lines = ["| " + " | ".join(_esc(h) for _, h in cols) + " |",
              "|" + "|".join(":---" if c == "method" else "---:" for c, _ in cols) + "|"]
@@ -147,11 +161,11 @@ def _column_notes(table: Table) -> list[str]:
     notes.append("Params: trainable parameters in millions, mean over tasks, with and without the classifier "
                  "head; GFLOPs: inference per image; img/s: training and inference throughput; all from "
                  "complete runs.")
-    if table.mem_kinds:
-        kinds = ", ".join(_MEM_KIND.get(k, k) for k in table.mem_kinds)
-        notes.append(f"Peak mem: largest over the runs ({kinds})"
-                     + ("; the kinds differ between runs, so the numbers are not comparable." if len(
-                         table.mem_kinds) > 1 else "."))
+    if has_stored(table):
+        notes.append("Stored per task: what a user keeps for each task besides the shared pre-trained backbone "
+                     "— the trainable parameters plus the frozen tensors the method adds (e.g. SHIP's prototype "
+                     "bank), in millions, mean over tasks.")
+    notes += _memory_notes(table)
     if len(table.devices) > 1:
         notes.append("Throughput measured on different devices (" + ", ".join(table.devices)
                      + "): images/s are not comparable across them.")
@@ -160,6 +174,22 @@ def _column_notes(table: Table) -> list[str]:
     if table.references and not any(r.costs.get("params_m") for r in table.references):
         notes.append("Published rows have no parameter counts in the reference file, so they are absent from "
                      "the accuracy-vs-parameters plot.")
+    return notes
+
+
+def _memory_notes(table: Table) -> list[str]:
+    notes = []
+    if table.mem_kinds:
+        kinds = ", ".join(_MEM_KIND.get(k, k) for k in table.mem_kinds)
+        notes.append(f"Peak mem: largest over the runs ({kinds})"
+                     + ("; the kinds differ between runs, so the numbers are not comparable." if len(
+                         table.mem_kinds) > 1 else "."))
+    if "process_peak_rss" in table.mem_kinds:
+        notes.append("Process peak RSS (records written before memory was measured per run) is the sweep "
+                     "process's lifetime high-water mark: it grows with the sweep order and is not a per-run figure.")
+    if any(_mem_unmeasured(row) for row in table.rows):
+        notes.append("Peak mem —: not measured; on a CPU a run's own peak needs Linux (a VmHWM reset per run), "
+                     "and the process's lifetime peak is not shown in its place.")
     return notes
 
 
