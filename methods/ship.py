@@ -52,8 +52,10 @@ PREP_BATCH = 128  # images per forward in the preparation pass
 class ShipConfig:
     share_threshold: float = field(default=0.95, metadata={
         "help": "layer-affinity threshold alpha: a block starts a new prompt group when its affinity to the "
-                "group's first block is below alpha (per task, 0.93-0.98 in the official runs)"})
-    prompt_length: int = field(default=50, metadata={"help": "semantic prompt tokens K per selected block"})
+                "group's first block is below alpha (per task, 0.93-0.98 in the official runs)",
+        "search": [0.93, 0.95, 0.97, 0.98]})
+    prompt_length: int = field(default=50, metadata={"help": "semantic prompt tokens K per selected block",
+                                                     "search": [5, 10, 30, 50, 100, 200]})  # the official set
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "help": "explicit selected blocks, e.g. 0,2,4,6,8,11 (must include 0); skips the affinity pass"})
     end_layer: int | None = field(default=None, metadata={"help": "drop selected blocks >= this index"})

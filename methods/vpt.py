@@ -27,7 +27,8 @@ from peftbench.registry import register_method
 class VPTShallowConfig:
     """Knobs of VPT-shallow; VPT-deep adds ``deep_layers``. Init and recipe follow the official code."""
 
-    prompt_length: int = field(default=50, metadata={"help": "prompt tokens P per prompted block (0 = none)"})
+    prompt_length: int = field(default=50, metadata={"help": "prompt tokens P per prompted block (0 = none)",
+                                                     "search": [1, 5, 10, 50, 100, 200]})  # the paper's set
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompt embeddings"})
     backbone_train_mode: bool = field(
         default=False, metadata={"help": "let the frozen backbone's dropout/drop-path act while training "
@@ -96,13 +97,13 @@ def _build(backbone: nn.Module, cfg: VPTShallowConfig, layers: list[int]) -> Pro
     return PromptedViT(backbone, cfg.prompt_length, layers, cfg.dropout, cfg.backbone_train_mode)
 
 
-@register_method("vpt_shallow", config=VPTShallowConfig,
+@register_method("vpt_shallow", config=VPTShallowConfig, family="vpt",
                  description="VPT-shallow: learnable prompt tokens before the first block, frozen ViT")
 def build_vpt_shallow(backbone: nn.Module, num_classes: int, cfg: VPTShallowConfig, ctx: BuildContext) -> nn.Module:
     return _build(backbone, cfg, [0])
 
 
-@register_method("vpt_deep", config=VPTDeepConfig,
+@register_method("vpt_deep", config=VPTDeepConfig, family="vpt",
                  description="VPT-deep: fresh learnable prompt tokens before every block, frozen ViT")
 def build_vpt_deep(backbone: nn.Module, num_classes: int, cfg: VPTDeepConfig, ctx: BuildContext) -> nn.Module:
     depth = len(backbone.blocks)

@@ -107,31 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a sweep: methods x tasks x seeds, one record per run")
-    r.add_argument("--methods", type=_csv, default=None, help="comma list (default: all registered methods)")
-    r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
+    _sweep_args(r)
     r.add_argument("--seeds", type=_seeds, default=[0], help="comma list of seeds (default 0)")
-    r.add_argument("--suite", default="mini",
-                   help="task suite: mini (built in, generated on first use; the default) or vtab1k (--data-root)")
-    r.add_argument("--suite-file", type=Path, default=None,
-                   help="YAML with recipe overrides (default: the suite's own, peftbench/suites/SUITE.yaml)")
-    r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
-    r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
-    _backbone_args(r, weights_default=None)
-    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training key (lr=0.01) or a method knob (vpt_deep.prompt_length=50); repeatable")
-    r.add_argument("--cache-dir", type=Path, default=None,
-                   help="decoded-image and method cache (default ~/.cache/peftbench)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    r.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
-    r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="save a training checkpoint every N epochs, so an interrupted run resumes (default 0: off)")
-    r.add_argument("--claim-timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="workers sharing --out: a claimed run with no heartbeat for this long is taken over "
-                        "(default 600)")
-    r.add_argument("--worker-id", default=None, help="this worker's name in claims and records (default host:pid)")
-    r.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
-                   help="refuse images with more pixels (decompression bombs); default "
-                        f"{DEFAULT_MAX_IMAGE_PIXELS:,} (12000×12000 passes)")
+    r.add_argument("--recipe", default="shared",
+                   help="shared (default: one recipe for every method and task) or a named recipe of the suite, "
+                        "e.g. official (the authors' published per-task settings, a labelled reproduction)")
+
+    tu = sub.add_parser("tune", help="tune every method with the same budget on train800 -> val200, then final "
+                                     "runs of the chosen settings on train800val200 -> test")
+    _sweep_args(tu)
+    tu.add_argument("--budget", type=int, default=None, metavar="N",
+                    help="trials per method and task (default: the suite's tune.budget; vtab1k 8, mini 4)")
+    tu.add_argument("--final-seeds", type=int, default=3, metavar="S", help="seeds of the final runs (default 3)")
 
     sub.add_parser("methods", help="list registered methods and their knobs")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
@@ -160,6 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sweep_args(r: argparse.ArgumentParser) -> None:
+    """The options `run` and `tune` share."""
+    r.add_argument("--methods", type=_csv, default=None,
+                   help="comma list of methods or families, e.g. vpt,ship (default: all registered methods)")
+    r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
+    r.add_argument("--suite", default=None,
+                   help="task suite: mini (built in, generated on first use; the default without --data-root) or "
+                        "vtab1k (the default with --data-root)")
+    r.add_argument("--suite-file", type=Path, default=None,
+                   help="YAML with recipe overrides (default: the suite's own, peftbench/suites/SUITE.yaml)")
+    r.add_argument("--data-root", type=Path, default=None, help="folder with one sub-folder per task (VTAB-1k layout)")
+    r.add_argument("--out", type=Path, default=Path("runs"), help="where records go (default runs/)")
+    _backbone_args(r, weights_default=None)
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training key (lr=0.01) or a method knob (vpt_deep.prompt_length=50); repeatable")
+    r.add_argument("--cache-dir", type=Path, default=None,
+                   help="decoded-image and method cache (default ~/.cache/peftbench)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    r.add_argument("--no-report", action="store_true", help="do not write the report after the sweep")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save a training checkpoint every N epochs, so an interrupted run resumes (default 0: off)")
+    r.add_argument("--claim-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="workers sharing --out: a claimed run with no heartbeat for this long is taken over "
+                        "(default 600)")
+    r.add_argument("--worker-id", default=None, help="this worker's name in claims and records (default host:pid)")
+    r.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="refuse images with more pixels (decompression bombs); default "
+                        f"{DEFAULT_MAX_IMAGE_PIXELS:,} (12000×12000 passes)")
+
+
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
     from .config import DEFAULT_BACKBONE
 
@@ -174,28 +191,58 @@ def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pr
                    help="allow a checkpoint that needs pickled code to load (only for files you trust)")
 
 
-def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+def _sweep_request(args: argparse.Namespace):
     from .registry import available_methods
-    from .runner import SweepRequest, run_sweep
+    from .runner import SweepRequest
 
-    req = SweepRequest(methods=args.methods or available_methods(), tasks=args.tasks, seeds=args.seeds,
-                       suite=args.suite, suite_file=args.suite_file, data_root=args.data_root, out=args.out,
-                       backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
-                       cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint,
-                       checkpoint_every=args.checkpoint_every, claim_timeout=args.claim_timeout,
-                       worker_id=args.worker_id, max_image_pixels=args.max_image_pixels)
+    return SweepRequest(methods=args.methods or available_methods(), tasks=args.tasks,
+                        seeds=getattr(args, "seeds", [0]), suite=args.suite, recipe=getattr(args, "recipe", "shared"),
+                        suite_file=args.suite_file, data_root=args.data_root, out=args.out,
+                        backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
+                        cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint,
+                        checkpoint_every=args.checkpoint_every, claim_timeout=args.claim_timeout,
+                        worker_id=args.worker_id, max_image_pixels=args.max_image_pixels)
+
+
+def _interrupted(args: argparse.Namespace, console: Console) -> int:
+    from .records import iter_record_files
+
+    kept = len(list(iter_record_files(args.out))) if args.out.is_dir() else 0
+    ckpts = len(list((args.out / ".checkpoints").glob("*.pt")))
+    console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}"
+                  + (f", {ckpts} training checkpoint(s) kept" if ckpts else "")
+                  + "; run the same command again to resume", markup=False)
+    return 130
+
+
+def _cmd_tune(args: argparse.Namespace, console: Console) -> int:
+    from .tune import TuneRequest, run_tune
+
+    req = TuneRequest(_sweep_request(args), budget=args.budget, final_seeds=args.final_seeds)
+    try:
+        with RichReporter(console) as reporter:
+            result = run_tune(req, reporter)
+    except KeyboardInterrupt:
+        return _interrupted(args, console)
+    for name, res in (("trials", result.trials), ("finals", result.finals)):
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(res.statuses.items())) or "nothing new"
+        console.print(f"{name}: {counts}; {len(res.skipped)} skipped (already done)", markup=False)
+    console.print(f"done: budget {result.budget} trial(s) per method and task; records in {args.out}", markup=False)
+    if not args.no_report:
+        _write_report(args.out, args.out / REPORT_DIRNAME, True, console)
+    statuses = set(result.trials.statuses) | set(result.finals.statuses)
+    return 0 if statuses <= {"complete"} and all(result.chosen.values()) else 1
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .runner import run_sweep
+
+    req = _sweep_request(args)
     try:
         with RichReporter(console) as reporter:
             result = run_sweep(req, reporter)
     except KeyboardInterrupt:
-        from .records import iter_record_files
-
-        kept = len(list(iter_record_files(args.out))) if args.out.is_dir() else 0
-        ckpts = len(list((args.out / ".checkpoints").glob("*.pt")))
-        console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}"
-                      + (f", {ckpts} training checkpoint(s) kept" if ckpts else "")
-                      + "; run the same command again to resume", markup=False)
-        return 130
+        return _interrupted(args, console)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items())) or "nothing new"
     others = (f"; {len(result.left_to_others)} run(s) left to other live workers, still running"
               if result.left_to_others else "")
@@ -238,10 +285,14 @@ def _cmd_make_synthetic(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_methods(console: Console) -> int:
+    from .registry import families
     from .runner import method_table, train_keys
 
+    for family, members in sorted(families().items()):
+        console.print(f"[bold]family {family}[/bold] = {', '.join(members)}  (--methods {family} runs them all)")
     for m in method_table():
-        console.print(f"[bold]{m['name']}[/bold]  {m['description']}")
+        fam = f"  (family {m['family']})" if m["family"] != m["name"] else ""
+        console.print(f"[bold]{m['name']}[/bold] v{m['version']}{fam}  {m['description']}")
         for k in m["knobs"]:
             console.print(f"    {m['name']}.{k['name']} = {k['default']!r}  {k['help']}", markup=False)
     console.print("\n[bold]training keys[/bold] (--set KEY=VALUE, or METHOD.KEY=VALUE for one method)")
@@ -301,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             load_plugin(plugin)
         if args.command == "run":
             return _cmd_run(args, console)
+        if args.command == "tune":
+            return _cmd_tune(args, console)
         if args.command == "methods":
             return _cmd_methods(console)
         if args.command == "tasks":

@@ -1,8 +1,11 @@
 """Resolved run configuration: training recipe + method knobs, layered from suite file and --set.
 
 Precedence (later wins): built-in defaults < suite ``defaults`` < suite ``methods.<m>`` <
-suite ``tasks.<t>.<m>`` < ``--set KEY=VALUE`` < ``--set <m>.KEY=VALUE``. A key is either a
-training key (a field of :class:`TrainConfig`) or a knob of the method's config dataclass.
+``recipes.<r>.methods.<m>`` < ``recipes.<r>.tasks.<t>.<m>`` < ``--set KEY=VALUE`` <
+``--set <m>.KEY=VALUE``. A key is either a training key (a field of :class:`TrainConfig`) or a
+knob of the method's config dataclass. The default recipe, ``shared``, is ``defaults`` +
+``methods`` only: one recipe for every task, nothing per method and task. A named recipe (e.g.
+``official``: the authors' published per-task settings) is opt-in and recorded in the run.
 """
 
 from __future__ import annotations
@@ -33,8 +36,13 @@ class TrainConfig:
         "help": "final: train800val200 -> test once; val: train800 -> val200"})
     epochs: int = field(default=100, metadata={"help": "training epochs"})
     batch_size: int = field(default=64, metadata={"help": "training batch size"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, or sgd (with momentum; VPT's recipe)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (optimizer=sgd only)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay (not on biases and norms)"})
+    schedule: str = field(default="per_step", metadata={
+        "help": "per_step: warm-up + cosine updated every step; per_epoch: updated once per epoch "
+                "(timm's scheduler as the official SHIP code uses it)"})
     warmup_epochs: int = field(default=10, metadata={"help": "linear warm-up epochs"})
     warmup_lr: float = field(default=1e-7, metadata={"help": "learning rate at the start of warm-up"})
     min_lr: float = field(default=1e-8, metadata={"help": "floor of the cosine schedule"})
@@ -55,6 +63,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.protocol not in ("final", "val"):
             raise UsageError(f"protocol={self.protocol!r}: expected 'final' or 'val'")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"optimizer={self.optimizer!r}: expected adamw or sgd")
+        if self.schedule not in ("per_step", "per_epoch"):
+            raise UsageError(f"schedule={self.schedule!r}: expected per_step or per_epoch")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UsageError(f"precision={self.precision!r}: expected auto, bf16 or fp32")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "bench_batch"):
@@ -152,6 +164,28 @@ def parse_sets(items: list[str]) -> list[tuple[str | None, str, Any]]:
     return out
 
 
+SHARED_RECIPE = "shared"
+
+
+@dataclass
+class Recipe:
+    """Opt-in settings on top of the shared recipe, per method and per method-and-task."""
+
+    name: str
+    note: str = ""  # said in words under every table of this recipe (e.g. "chosen on test by the authors")
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class TuneSpace:
+    """``tune:`` of a suite: the shared grid every method searches, per-method knob values, the budget."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # training keys, e.g. lr, weight_decay
+    methods: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # overrides of the knobs' "search"
+    budget: int | None = None
+
+
 @dataclass
 class Suite:
     name: str
@@ -159,8 +193,59 @@ class Suite:
     weights: str | None = None  # default weights: a path, "pretrained", "none" or "package:FILE" (shipped)
     defaults: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tasks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)
+    tune: TuneSpace = field(default_factory=TuneSpace)
     source: str = "built-in defaults"
+
+    def recipe(self, name: str) -> Recipe | None:
+        """The named recipe (None for shared); an unknown name is a clear error."""
+        if name == SHARED_RECIPE:
+            return None
+        if name not in self.recipes:
+            raise UsageError(f"--recipe {name}: suite '{self.name}' ({self.source}) has no such recipe; it has: "
+                             + ", ".join([SHARED_RECIPE, *sorted(self.recipes)]))
+        return self.recipes[name]
+
+
+def _per_task(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    return {t: {m: dict(v or {}) for m, v in (ms or {}).items()} for t, ms in (raw or {}).items()}
+
+
+def _recipes(raw: Any, path: Path) -> dict[str, Recipe]:
+    out = {}
+    for name, body in (raw or {}).items():
+        body = body or {}
+        unknown = set(body) - {"note", "methods", "tasks"}
+        if name == SHARED_RECIPE or unknown:
+            raise UsageError(f"suite file {path}: recipes.{name}: " + (
+                "'shared' is the suite's defaults and methods sections" if name == SHARED_RECIPE
+                else f"unknown key(s) {', '.join(sorted(unknown))} (expected note, methods, tasks)"))
+        out[name] = Recipe(name, str(body.get("note", "")),
+                           {k: dict(v or {}) for k, v in (body.get("methods") or {}).items()},
+                           _per_task(body.get("tasks")))
+    return out
+
+
+def _tune_space(raw: Any, path: Path) -> TuneSpace:
+    raw = raw or {}
+    unknown = set(raw) - {"grid", "methods", "budget"}
+    if unknown:
+        raise UsageError(f"suite file {path}: tune: unknown key(s) {', '.join(sorted(unknown))} "
+                         "(expected grid, methods, budget)")
+
+    def values(where: str, v: Any) -> list[Any]:
+        if not isinstance(v, list) or not v:
+            raise UsageError(f"suite file {path}: {where}: expected a non-empty list of values, got {v!r}")
+        return v
+
+    grid = {k: values(f"tune.grid.{k}", v) for k, v in (raw.get("grid") or {}).items()}
+    for key in grid:
+        if key not in TRAIN_KEYS:
+            raise UsageError(f"suite file {path}: tune.grid: unknown training key '{key}'"
+                             + did_you_mean(key, sorted(TRAIN_KEYS)))
+    methods = {m: {k: values(f"tune.methods.{m}.{k}", v) for k, v in (knobs or {}).items()}
+               for m, knobs in (raw.get("methods") or {}).items()}
+    return TuneSpace(grid, methods, raw.get("budget"))
 
 
 def load_suite_file(path: Path) -> Suite:
@@ -170,7 +255,11 @@ def load_suite_file(path: Path) -> Suite:
         raise UsageError(f"suite file {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise UsageError(f"suite file {path}: expected a mapping at the top level")
-    unknown = set(raw) - {"suite", "defaults", "methods", "tasks", "description", "backbone", "weights"}
+    if "tasks" in raw:
+        raise UsageError(f"suite file {path}: a top-level 'tasks' section (per-task settings) belongs under a "
+                         "named recipe: recipes: NAME: tasks: ... (run it with --recipe NAME); the default "
+                         "recipe is shared by every task")
+    unknown = set(raw) - {"suite", "defaults", "methods", "recipes", "tune", "description", "backbone", "weights"}
     if unknown:
         raise UsageError(f"suite file {path}: unknown section(s) {', '.join(sorted(unknown))}")
     check_suite_shape(raw, Path(path))
@@ -181,14 +270,17 @@ def load_suite_file(path: Path) -> Suite:
     return Suite(name=str(raw.get("suite", Path(path).stem)), backbone=raw.get("backbone"), weights=raw.get("weights"),
                  defaults=dict(raw.get("defaults") or {}),
                  methods={k: dict(v or {}) for k, v in (raw.get("methods") or {}).items()},
-                 tasks={t: {m: dict(v or {}) for m, v in (ms or {}).items()}
-                        for t, ms in (raw.get("tasks") or {}).items()},
+                 recipes=_recipes(raw.get("recipes"), path), tune=_tune_space(raw.get("tune"), path),
                  source=str(path))
 
 
-def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[str | None, str, Any]]
-            ) -> tuple[TrainConfig, Any, dict[str, Any]]:
-    """-> (training config, method config, the resolved dict that goes into the record and run id)."""
+def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[str | None, str, Any]],
+            recipe: str = SHARED_RECIPE) -> tuple[TrainConfig, Any, dict[str, Any]]:
+    """-> (training config, method config, the resolved dict that goes into the record and run id).
+
+    ``resolved["recipe"]`` names the recipe that actually applied to this method: a named recipe
+    with nothing for it (VPT under ``official``) leaves it on ``shared``.
+    """
     knob_names = {f.name for f in dataclasses.fields(spec.config_cls)}
     train: dict[str, Any] = dict(suite.defaults)
     knobs: dict[str, Any] = {}
@@ -206,8 +298,15 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
             origins[key] = f"{where}.{key}"
 
     layer(suite.methods.get(spec.name, {}), f"{suite.source}: methods.{spec.name}")
-    if task is not None:
-        layer(suite.tasks.get(task, {}).get(spec.name, {}), f"{suite.source}: tasks.{task}.{spec.name}")
+    chosen = suite.recipe(recipe)
+    applied = SHARED_RECIPE
+    if chosen is not None:
+        where = f"{suite.source}: recipes.{chosen.name}"
+        if spec.name in chosen.methods or any(spec.name in ms for ms in chosen.tasks.values()):
+            applied = chosen.name
+        layer(chosen.methods.get(spec.name, {}), f"{where}.methods.{spec.name}")
+        if task is not None:
+            layer(chosen.tasks.get(task, {}).get(spec.name, {}), f"{where}.tasks.{task}.{spec.name}")
     for method, key, val in sets:
         if method is None:
             train[key] = val
@@ -217,7 +316,7 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
             origins[key] = f"--set {method}.{key}"
     tcfg = build_dataclass(TrainConfig, train, "training config", origins)
     mcfg = build_dataclass(spec.config_cls, knobs, f"method '{spec.name}'", origins)
-    resolved = {"train": dataclasses.asdict(tcfg), "method": _jsonable(dataclasses.asdict(mcfg))}
+    resolved = {"train": dataclasses.asdict(tcfg), "method": _jsonable(dataclasses.asdict(mcfg)), "recipe": applied}
     return tcfg, mcfg, resolved
 
 

@@ -25,12 +25,30 @@ from .errors import UsageError
 from .registry import MethodSpec
 
 
+@dataclass(frozen=True)
+class Point:
+    """One configuration of one method on one task, with extra settings and a role (tune trials, finals).
+
+    ``sets`` are ``--set`` items on top of the request's own; ``role`` (e.g. "trial") goes into the
+    run id, so a tune's records never stand in for a plain run's; ``extra`` goes into the record only.
+    """
+
+    method: str
+    task: str
+    sets: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    role: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # stored under the record's "tune"
+
+
 @dataclass
 class SweepRequest:
     methods: list[str]
     tasks: str = "all"
     seeds: list[int] = field(default_factory=lambda: [0])
-    suite: str = "mini"
+    suite: str | None = None  # None: vtab1k when --data-root is given, else mini
+    recipe: str = "shared"  # "shared" (one recipe for every task) or a named recipe of the suite (official)
+    points: list[Point] | None = None  # None: every method x task x seed; else exactly these (peftbench tune)
     suite_file: Path | None = None
     data_root: Path | None = None  # None: the suite's built-in data (mini), else required
     out: Path = Path("runs")
@@ -54,6 +72,7 @@ class SweepResult:
     left_to_others: list[str] = field(default_factory=list)  # claimed by other live workers
     orphaned: list[str] = field(default_factory=list)  # claimed, but by no live worker: left undone
     statuses: dict[str, int] = field(default_factory=dict)
+    run_ids: dict[tuple[Point, int], str] = field(default_factory=dict)  # (point, seed) -> run id (points only)
 
 
 class Reporter:
@@ -117,11 +136,22 @@ def load_suite(name: str, path: Path | None) -> Suite:
     return load_suite_file(path) if path else Suite(name=name)
 
 
-def run_id_of(method: str, task: str, suite: str, seed: int, resolved: dict, backbone: Backbone, data_checksum: str
-              ) -> str:
-    key = {"method": method, "task": task, "suite": suite, "seed": seed, "config": resolved,
+def suite_of(req: SweepRequest) -> str:
+    """--suite, else vtab1k when a --data-root is given (the user's own VTAB-1k copy), else mini."""
+    if req.suite is not None:
+        return req.suite
+    return "vtab1k" if req.data_root is not None else "mini"
+
+
+def run_id_of(spec: MethodSpec, task: str, suite: str, seed: int, resolved: dict, backbone: Backbone,
+              data_checksum: str, precision: str, device: torch.device, role: str | None = None) -> str:
+    """Everything that changes a run's numbers: a CPU fp32 record never stands in for a GPU bf16 run,
+    and a method whose ``version`` was bumped never reuses its old records."""
+    key = {"method": spec.name, "task": task, "suite": suite, "seed": seed, "config": resolved,
            "backbone": {"name": backbone.name, "checksum": backbone.checksum, "img_size": backbone.preprocess.img_size},
-           "data": data_checksum}
+           "data": data_checksum, "precision": precision, "device_type": device.type, "method_version": spec.version}
+    if role is not None:
+        key["role"] = role
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -148,10 +178,12 @@ class Job:
     resolved: dict
     data_checksum: str
     run_id: str
+    point: Point | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name}/{self.task.name}/seed{self.seed}"
+        tag = f"/{self.point.extra['label']}" if self.point and "label" in self.point.extra else ""
+        return f"{self.spec.name}/{self.task.name}{tag}/seed{self.seed}"
 
 
 @dataclass

@@ -30,6 +30,17 @@ class MethodSpec:
     build: BuildFn
     config_cls: type
     description: str
+    family: str | None = None  # e.g. "vpt" for vpt_shallow and vpt_deep; None: the name itself
+    version: int = 1  # bumped by the plugin when its behaviour changes; part of the run id
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
+
+    def search_space(self) -> dict[str, list[Any]]:
+        """The knobs a tune searches, with their values: declared as ``field(metadata={"search": [...]})``."""
+        return {f.name: list(f.metadata["search"]) for f in dataclasses.fields(self.config_cls)
+                if "search" in f.metadata}
 
     def knobs(self) -> list[dict[str, Any]]:
         """The method's knobs with defaults and help, for `peftbench methods` and the docs."""
@@ -44,15 +55,23 @@ _METHODS: dict[str, MethodSpec] = {}
 _builtins_loaded = False
 
 
-def register_method(name: str, *, config: type, description: str) -> Callable[[BuildFn], BuildFn]:
-    """Register ``build(backbone, num_classes, cfg, ctx) -> nn.Module`` under ``name``."""
+def register_method(name: str, *, config: type, description: str, family: str | None = None, version: int = 1
+                    ) -> Callable[[BuildFn], BuildFn]:
+    """Register ``build(backbone, num_classes, cfg, ctx) -> nn.Module`` under ``name``.
+
+    ``family`` groups variants (``--methods vpt`` runs every member); ``version`` goes into the run
+    id, so bump it when the method's behaviour changes and old records are never reused for it.
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"method {name!r}: config must be a dataclass, got {config!r}")
+    if not isinstance(version, int) or version < 1:
+        raise TypeError(f"method {name!r}: version must be a positive int, got {version!r}")
 
     def deco(fn: BuildFn) -> BuildFn:
         if name in _METHODS and _METHODS[name].build is not fn:
             raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].build.__module__})")
-        _METHODS[name] = MethodSpec(name=name, build=fn, config_cls=config, description=description)
+        _METHODS[name] = MethodSpec(name=name, build=fn, config_cls=config, description=description,
+                                    family=family, version=version)
         return fn
 
     return deco
@@ -110,3 +129,28 @@ def get_method(name: str) -> MethodSpec:
     if name not in _METHODS:
         raise UsageError(f"unknown method '{name}'" + did_you_mean(name, sorted(_METHODS)))
     return _METHODS[name]
+
+
+def families() -> dict[str, list[str]]:
+    """Family name -> its members, for families with a name of their own (``vpt``)."""
+    out: dict[str, list[str]] = {}
+    for name in available_methods():
+        spec = _METHODS[name]
+        if spec.family and spec.family != name:
+            out.setdefault(spec.family, []).append(name)
+    return out
+
+
+def expand_methods(names: list[str]) -> list[str]:
+    """Method or family names -> method names, in the order given, each once (``vpt`` -> vpt_shallow, vpt_deep)."""
+    fams = families()
+    out: list[str] = []
+    for name in names:
+        if name in fams and name not in _METHODS:
+            members = fams[name]
+        else:
+            if name not in _METHODS:
+                raise UsageError(f"unknown method '{name}'" + did_you_mean(name, sorted([*_METHODS, *fams])))
+            members = [name]
+        out += [m for m in members if m not in out]
+    return out

@@ -27,6 +27,7 @@ from .errors import DataError, PeftbenchError, UsageError
 from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks import them from here)
     Job,
     JobOutcome,
+    Point,
     Reporter,
     SweepRequest,
     SweepResult,
@@ -38,12 +39,13 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     resolve_device,
     resolve_weights,
     run_id_of,
+    suite_of,
 )
 from .measure import RunMemory, count_params, inference_gflops, measure_throughput, stored_per_task, tensor_ids
 from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
-from .registry import MethodSpec, get_method
+from .registry import MethodSpec, expand_methods, get_method
 from .train import (
     Diverged,
     autocast_factory,
@@ -185,6 +187,7 @@ class Plan:
     data: dict[str, TaskData]  # by task name
     device: torch.device
     cache_dir: Path
+    suite: str  # the suite actually used (--suite, else implied by --data-root)
 
     @property
     def out(self) -> Path:
@@ -194,36 +197,47 @@ class Plan:
 def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     """Resolve, check and decode everything before the first run, so bad input fails fast and whole."""
     check_options(req.claim_timeout, req.checkpoint_every)
-    specs = [get_method(m) for m in req.methods]
+    specs = [get_method(m) for m in expand_methods(req.methods)]
     if not specs:
         raise UsageError("--methods: no method given")
-    tasks = resolve_tasks(req.tasks, req.suite)
-    suite = load_suite(req.suite, req.suite_file)
+    suite_name = suite_of(req)
+    tasks = resolve_tasks(req.tasks, suite_name)
+    suite = load_suite(suite_name, req.suite_file)
+    points = _points(req, specs, tasks)
     sets = parse_sets(req.sets)
-    configs = {(t.name, s.name): resolve(s, t.name, suite, sets) for t in tasks for s in specs}
-    data_root = _data_root(req)
+    configs = {p: resolve(get_method(p.method), p.task, suite, sets + parse_sets(list(p.sets)), req.recipe)
+               for p in points}
+    data_root = _data_root(req, suite_name)
     device = resolve_device(req.device)
     cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
     lists = _preflight(data_root, tasks, reporter)
     backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
                              resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
                              req.trust_checkpoint)
+    by_name = {t.name: t for t in tasks}
     # settings that cannot work on this data: refused for every job before anything is decoded or trained
-    raise_if_any(p for task in tasks for spec in specs
-                 for p in method_problems(f"{spec.name}/{task.name}", configs[(task.name, spec.name)][1],
-                                          run_facts(task, configs[(task.name, spec.name)][0], lists[task.name],
-                                                    backbone)))
-    data = {t.name: _decode(lists[t.name], {configs[(t.name, s.name)][0].protocol for s in specs}, backbone,
-                            cache_dir, reporter, req.max_image_pixels) for t in tasks}
-    jobs = [_job(task, spec, seed, configs[(task.name, spec.name)], data[task.name], req.suite, backbone)
-            for task in tasks for spec in specs for seed in req.seeds]
-    return Plan(req, jobs, backbone, data, device, cache_dir)
+    raise_if_any(problem for p in points
+                 for problem in method_problems(f"{p.method}/{p.task}", configs[p][1],
+                                                run_facts(by_name[p.task], configs[p][0], lists[p.task], backbone)))
+    protocols = {t.name: {configs[p][0].protocol for p in points if p.task == t.name} for t in tasks}
+    data = {t.name: _decode(lists[t.name], protocols[t.name], backbone, cache_dir, reporter, req.max_image_pixels)
+            for t in tasks if protocols[t.name]}
+    jobs = [_job(by_name[p.task], get_method(p.method), seed, configs[p], data[p.task], suite_name, backbone,
+                 device, p) for p in points for seed in p.seeds]
+    return Plan(req, jobs, backbone, data, device, cache_dir, suite_name)
 
 
-def _data_root(req: SweepRequest) -> Path:
-    data_root = Path(req.data_root) if req.data_root is not None else builtin_data_root(req.suite)
+def _points(req: SweepRequest, specs: list[MethodSpec], tasks: list[TaskSpec]) -> list[Point]:
+    """The request's points: given (tune), or every method on every task with the request's seeds."""
+    if req.points is not None:
+        return list(req.points)
+    return [Point(s.name, t.name, seeds=tuple(req.seeds)) for t in tasks for s in specs]
+
+
+def _data_root(req: SweepRequest, suite: str) -> Path:
+    data_root = Path(req.data_root) if req.data_root is not None else builtin_data_root(suite)
     if data_root is None:
-        raise UsageError(f"--data-root is required for suite '{req.suite}' (a folder in the VTAB-1k layout)")
+        raise UsageError(f"--data-root is required for suite '{suite}' (a folder in the VTAB-1k layout)")
     if not data_root.is_dir():
         raise UsageError(f"--data-root {data_root}: no such folder")
     return data_root
@@ -262,13 +276,14 @@ def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir
 
 
 def _job(task: TaskSpec, spec: MethodSpec, seed: int, config: tuple[TrainConfig, Any, dict], td: TaskData,
-         suite: str, backbone: Backbone) -> Job:
+         suite: str, backbone: Backbone, device: torch.device, point: Point) -> Job:
     tcfg, mcfg, resolved = config
     train_split, eval_split = PROTOCOL_SPLITS[tcfg.protocol]
     data_checksum = hashlib.sha256((td.splits[train_split].checksum + td.splits[eval_split].checksum).encode()
                                    ).hexdigest()
-    return Job(task, spec, seed, tcfg, mcfg, resolved, data_checksum,
-               run_id_of(spec.name, task.name, suite, seed, resolved, backbone, data_checksum))
+    run_id = run_id_of(spec, task.name, suite, seed, resolved, backbone, data_checksum,
+                       effective_precision(tcfg, device), device, point.role)
+    return Job(task, spec, seed, tcfg, mcfg, resolved, data_checksum, run_id, point)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +312,10 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
             pending = left
         if all(claims.live(job.run_id) for job in pending):
             break
-    return _summarise(outcomes, pending, claims, reporter)
+    result = _summarise(outcomes, pending, claims, reporter)
+    if req.points is not None:
+        result.run_ids = {(job.point, job.seed): job.run_id for job in plan.jobs}
+    return result
 
 
 def _summarise(outcomes: list[JobOutcome], left: list[Job], claims: Claims, reporter: Reporter) -> SweepResult:
@@ -381,7 +399,8 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
     train_split, eval_split = PROTOCOL_SPLITS[job.tcfg.protocol]
     return {
         "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"], "reason": outcome["reason"],
-        "method": job.spec.name, "task": job.task.name, "suite": plan.req.suite, "seed": job.seed,
+        "method": job.spec.name, "method_version": job.spec.version, "task": job.task.name, "suite": plan.suite,
+        "seed": job.seed,
         "created": started, "config": job.resolved,
         "backbone": plan.backbone.describe(),
         "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
@@ -390,7 +409,15 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
         "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
         "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
+        **_tune_part(job),
     }
+
+
+def _tune_part(job: Job) -> dict[str, Any]:
+    """A tune's trial or final says so in its record (role, searched values); plain runs have no "tune"."""
+    if job.point is None or job.point.role is None:
+        return {}
+    return {"tune": {"role": job.point.role, **{k: v for k, v in job.point.extra.items() if k != "label"}}}
 
 
 def _summary_line(outcome: dict[str, Any]) -> str:
@@ -428,8 +455,8 @@ def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str =
 def method_table() -> list[dict[str, Any]]:
     from .registry import available_methods
 
-    return [{"name": n, "description": get_method(n).description, "knobs": get_method(n).knobs()}
-            for n in available_methods()]
+    return [{"name": n, "description": get_method(n).description, "knobs": get_method(n).knobs(),
+             "family": get_method(n).family_name, "version": get_method(n).version} for n in available_methods()]
 
 
 def train_keys() -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The shape of a suite YAML file, checked before anything reads it: one error naming the file and key path.
 
 A suite is a mapping of sections; ``defaults`` maps training keys to values, ``methods`` maps a method
-to its overrides, ``tasks`` maps a task to methods to overrides. Values are scalars or lists of
+to its overrides, ``recipes`` maps a named recipe to its ``note``, ``methods`` and ``tasks`` (a task to
+methods to overrides), ``tune`` holds ``budget``, ``grid`` and ``methods`` (lists of values). Values are scalars or lists of
 scalars (e.g. ``ship.layers: [0, 2, 4]``). Which keys exist is checked later, where the method's
 knobs are known (config.resolve).
 """
@@ -61,5 +62,29 @@ def check_suite_shape(raw: dict, path: Path) -> None:
             raise _fail(path, key, "text", raw[key])
     _overrides(path, "defaults", raw.get("defaults"))
     _nested(path, "methods", raw.get("methods"), "METHOD: {KEY: VALUE}", _overrides)
-    _nested(path, "tasks", raw.get("tasks"), "TASK: {METHOD: {KEY: VALUE}}",
+    _nested(path, "recipes", raw.get("recipes"), "NAME: {note, methods, tasks}", _recipe)
+    _tune(path, raw.get("tune"))
+
+
+def _recipe(path: Path, where: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail(path, where, "a mapping with note, methods, tasks", value)
+    if not isinstance(value.get("note", ""), str):
+        raise _fail(path, f"{where}.note", "text", value["note"])
+    _nested(path, f"{where}.methods", value.get("methods"), "METHOD: {KEY: VALUE}", _overrides)
+    _nested(path, f"{where}.tasks", value.get("tasks"), "TASK: {METHOD: {KEY: VALUE}}",
             lambda p, w, v: _nested(p, w, v, "METHOD: {KEY: VALUE}", _overrides))
+
+
+def _tune(path: Path, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _fail(path, "tune", "a mapping with budget, grid, methods", value)
+    budget = value.get("budget")
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise _fail(path, "tune.budget", "a whole number of trials, at least 1", budget)
+    _overrides(path, "tune.grid", value.get("grid"))
+    _nested(path, "tune.methods", value.get("methods"), "METHOD: {KNOB: [VALUES]}", _overrides)

@@ -54,11 +54,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     groups = param_groups(model, cfg.weight_decay)  # empty groups are left out
     if not groups:
         raise ValueError("the method left no parameter trainable")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from warmup_lr to lr, then cosine down to min_lr (per step)."""
+    """Linear warm-up from warmup_lr to lr, then cosine down to min_lr.
+
+    per_step: updated every step. per_epoch: constant within an epoch, as timm's CosineLRScheduler
+    (t_initial=epochs, warmup_prefix off, stepped per epoch) drives the official SHIP runs: warm-up
+    warmup_lr + e·(lr - warmup_lr)/warmup_epochs, then the cosine of e/epochs (warm-up epochs included).
+    """
+    if cfg.schedule == "per_epoch":
+        epoch = step // steps_per_epoch
+        if epoch < cfg.warmup_epochs:
+            return cfg.warmup_lr + epoch * (cfg.lr - cfg.warmup_lr) / cfg.warmup_epochs
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, epoch / cfg.epochs)))
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if step < warm:

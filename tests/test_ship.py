@@ -341,10 +341,12 @@ def test_too_few_images_for_the_prototypes_is_a_clear_error():
         build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(), ctx(train_batches=synthetic_batches(40)))
 
 
-def test_vtab1k_suite_carries_the_official_per_task_settings():
+def test_vtab1k_official_recipe_carries_the_official_per_task_settings():
     suite = load_suite_file(Path(__file__).parents[1] / "peftbench" / "suites" / "vtab1k.yaml")
     for row in ROWS:
-        tcfg, mcfg, _ = resolve(get_method("ship"), row["task"], suite, [])
+        tcfg, mcfg, resolved = resolve(get_method("ship"), row["task"], suite, [], recipe="official")
+        assert resolved["recipe"] == "official"
+        assert (tcfg.precision, tcfg.schedule, mcfg.matching_warmup) == ("fp32", "per_epoch", 0)
         assert (tcfg.lr, tcfg.weight_decay) == (float(row["lr"]), float(row["weight_decay"])), row["task"]
         assert mcfg.share_threshold == float(row["share_threshold"])
         assert mcfg.prompt_length == int(row["prompt_length_K"])

@@ -15,8 +15,13 @@ printer) and listed by name in ``summary.md`` and ``summary.json``.
 How the numbers are made (the rules a reader of the report needs):
 
 - Only comparable runs share a table: the same suite, backbone name, weights checksum, image
-  size, protocol, epochs and precision. Each other combination gets its own table, headed by
-  what distinguishes it; a random-init backbone (weights ``none``) is flagged in its title.
+  size, protocol, epochs, precision and recipe. Each other combination gets its own table, headed
+  by what distinguishes it; a random-init backbone (weights ``none``) is flagged in its title; an
+  ``official`` recipe table says the authors chose its settings on test.
+- A cell holds runs of one resolved configuration: the newest run's; runs of another
+  configuration of the same method and task are superseded (counted in a note), never averaged in.
+- Runs of ``peftbench tune`` (trials and finals) appear only in the "Tuned" section
+  (``tuned.py``), recomputed from the records with the tune's own selection rule.
 - A cell (method × task) is the mean ± sample std over the seeds that completed. A cell with no
   completed seed is marked (``–`` no run, else its status) and left out of every mean; a cell
   that lost some seeds is marked ``†``. Footnotes name both kinds.
@@ -38,6 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..atomic import staged_folder
 from ..errors import PeftbenchError, UsageError
 from ..records import finite, load_records, to_dataframe
@@ -58,13 +65,15 @@ from .plots import (
     table_figures,
 )
 from .setting import Layout, Setting, metric_name, setting_of, split_settings, task_layout
+from .tuned import TunedTable, is_tuned, render_tuned, tuned_rows, tuned_tables
 
 __all__ = [
     "BAR_SIZE", "DPI", "SCATTER_SIZE", "Average", "Cell", "Layout", "Row", "Setting", "Table", "heatmap_figsize",
     "load_reference", "make_row", "markdown_table", "metric_name", "pareto_front", "plot_accuracy_vs_params",
     "plot_accuracy_vs_throughput", "plot_group_means", "plot_heatmap", "render_markdown", "render_status",
     "setting_of", "split_settings", "status_counts", "summary_csv", "summary_json", "summary_tables",
-    "table_columns", "table_figures", "table_rows_flat", "task_layout", "write_report", "ReportError", "_style",
+    "table_columns", "table_figures", "table_rows_flat", "task_layout", "tuned_tables", "write_report", "ReportError",
+    "_style",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,10 +105,11 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
     if not records:
         extra = f" ({len(problems)} unreadable file(s) skipped)" if problems else ""
         raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
-    tables = summary_tables(records, load_reference() if reference else None)
+    tables = summary_tables([r for r in records if not is_tuned(r)], load_reference() if reference else None)
+    tuned = tuned_tables(records)
     try:
         with staged_folder(out_dir) as stage:
-            _write_files(stage, tables, records, problems, runs_dir)
+            _write_files(stage, tables, records, problems, runs_dir, tuned)
             names = sorted(p.name for p in stage.iterdir())
     except OSError as exc:
         raise ReportError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; nothing in it was "
@@ -107,13 +117,16 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
     return [out_dir / name for name in names]
 
 
-def _write_files(folder: Path, tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path
-                 ) -> None:
-    (folder / "summary.md").write_text(render_markdown(tables, records, problems, runs_dir))
+def _write_files(folder: Path, tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
+                 tuned: list[TunedTable]) -> None:
+    (folder / "summary.md").write_text(render_markdown(tables, records, problems, runs_dir,
+                                                       tuned=render_tuned(tuned)))
     (folder / "summary.csv").write_text(summary_csv(tables))
     (folder / "summary.json").write_text(json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
                                                     indent=2, default=_json_default) + "\n")
     to_dataframe(records).to_csv(folder / "records.csv", index=False)
+    if tuned:
+        pd.DataFrame(tuned_rows(tuned)).to_csv(folder / "tuned.csv", index=False)
     style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))
     for table in tables:
         for name, fig in table_figures(table, style).items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +22,9 @@ import pandas as pd
 from .setting import Layout, Setting, metric_name, split_settings, task_layout
 
 REFERENCE_SUITE = "vtab1k"
+RECIPE_NOTE = ("Recipe '{recipe}': a reproduction of the authors' published per-task settings. The authors chose "
+               "these settings by maximum test accuracy (test-set selection), so these rows are not comparable to "
+               "shared-recipe or tuned rows and are never averaged with them.")
 STATUS_TEXT = {"diverged": "diverged", "oom": "OOM", "failed": "failed"}
 _CAVEAT_MARKERS = ("best test", "test-set selection")  # reference protocols that selected on test
 
@@ -185,8 +189,10 @@ class Table:
         checksum = f", checksum {s.weights[:12]}" if s.weights and s.weights not in self.weights_names else ""
         metric = "val200 top-1" if self.metric == "val_top1" else "test top-1"
         flag = "⚠ RANDOM-INIT BACKBONE (weights: none) — " if self.random_init else ""
+        recipe = f" · recipe {s.recipe} (authors' settings, chosen on test)" if s.recipe != "shared" else ""
         return (f"{flag}{s.backbone} (weights {weights}{checksum}) · {size} px · suite {s.suite} · "
-                f"protocol {s.protocol} ({metric}, %) · {s.epochs} epochs · {s.precision or 'precision unresolved'}")
+                f"protocol {s.protocol} ({metric}, %) · {s.epochs} epochs · {s.precision or 'precision unresolved'}"
+                f"{recipe}")
 
     def short_title(self) -> str:
         s = self.setting
@@ -196,12 +202,28 @@ class Table:
         return f"Table {self.number}: {s.backbone} · {s.protocol} · {s.epochs} ep · {size} · {precision}{flag}"
 
 
+def _config_key(record: dict) -> str:
+    return json.dumps(record.get("config"), sort_keys=True, default=str)
+
+
+def _newest(records: list[dict]) -> dict:
+    return max(records, key=lambda r: (str(r.get("created") or ""), r.get("_path", "")))
+
+
 def _latest(records: list[dict]) -> tuple[dict[tuple, dict], int]:
-    """One record per (method, task, seed): the newest; the count of superseded ones."""
-    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    """One record per (method, task, seed), all of one configuration per (method, task): the newest
+    record's. Runs of another configuration (lr 0.1 next to lr 0.5) are superseded, never averaged
+    into the same cell. Returns the chosen records and the count of superseded ones."""
+    by_cell: dict[tuple, list[dict]] = defaultdict(list)
     for rec in records:
-        by_key[(rec["method"], rec["task"], rec["seed"])].append(rec)
-    chosen = {k: max(v, key=lambda r: (str(r.get("created") or ""), r.get("_path", ""))) for k, v in by_key.items()}
+        by_cell[(rec["method"], rec["task"])].append(rec)
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for (method, task), recs in by_cell.items():
+        config = _config_key(_newest(recs))
+        for rec in recs:
+            if _config_key(rec) == config:
+                by_key[(method, task, rec["seed"])].append(rec)
+    chosen = {k: _newest(v) for k, v in by_key.items()}
     return chosen, len(records) - len(chosen)
 
 
@@ -265,8 +287,11 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
             row.costs = _costs([r for (m, _, _), r in chosen.items() if m == method and r["status"] == "complete"])
             rows.append(row)
         notes = _cell_notes(rows, layout)
+        if setting.recipe != "shared":
+            notes.insert(0, RECIPE_NOTE.format(recipe=setting.recipe))
         if superseded:
-            notes.append(f"{superseded} older run(s) of the same method, task and seed were superseded by newer "
+            notes.append(f"{superseded} older run(s) of the same method and task (the same seed, or another "
+                         "configuration than the newest run's) were superseded by newer "
                          "records and ignored.")
         weights_names = sorted({str((r.get("backbone") or {}).get("weights")) for r in recs})
         refs, ref_notes = [], []

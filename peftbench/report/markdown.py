@@ -128,7 +128,7 @@ _PLOT_CAPTIONS = {
 
 
 def render_markdown(tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
-                    generated: str | None = None) -> str:
+                    generated: str | None = None, tuned: list[str] | None = None) -> str:
     """The whole summary.md (pure: tables and records in, text out)."""
     generated = generated or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     counts = status_counts(records)
@@ -149,6 +149,7 @@ def render_markdown(tables: list[Table], records: list[dict], problems: list[str
         for kind, name in plot_names(table.number).items():
             out.append(f"![{_PLOT_CAPTIONS[kind]} (Table {table.number})]({name}.png)")
         out.append("")
+    out += tuned or []  # the tuned section (report/tuned.py), a different protocol, after the fixed-recipe tables
     out += render_status(records, runs_dir)
     if problems:
         out += ["", "## Skipped files", "", *[f"- {_esc(one_line(p, 400))}" for p in problems]]

@@ -28,9 +28,11 @@ class Setting:
     protocol: str | None
     epochs: int | None
     precision: str | None
+    recipe: str = "shared"  # "official": the authors' per-task settings (a reproduction, never mixed in)
 
     LABELS: ClassVar[dict[str, str]] = {"suite": "suite", "backbone": "backbone", "weights": "weights checksum",
-              "img_size": "image size", "protocol": "protocol", "epochs": "epochs", "precision": "precision"}
+              "img_size": "image size", "protocol": "protocol", "epochs": "epochs", "precision": "precision",
+              "recipe": "recipe"}
 
     def differences(self, other: Setting) -> list[str]:
         return [self.LABELS[f.name] for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
@@ -48,6 +50,7 @@ def setting_of(record: dict) -> Setting:
         protocol=train.get("protocol"),
         epochs=train.get("epochs"),
         precision=None if precision == "auto" else precision,
+        recipe=(record.get("config") or {}).get("recipe") or "shared",  # records before recipes: shared
     )
 
 

@@ -1,0 +1,167 @@
+"""`peftbench tune`: every method tuned with the same budget on train800 -> val200, then final runs.
+
+The protocol (DESIGN.md §5, the VPT authors' tune_vtab.py): each (method, task) gets the same
+number of trials N from its search space — the suite's shared lr x weight-decay grid times the
+method's own knobs — a deterministic seeded subsample when the grid is larger. Trials train on
+train800 and are scored by val200 top-1 after the last epoch; the test split is never decoded
+for them. The winner (ties: fewer trainable parameters, then grid order) is retrained on
+train800val200 with S seeds and tested once per run. Trials and finals are ordinary runs of the
+sweep machinery, so they resume, skip and share work between workers exactly like `run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import SHARED_RECIPE, TRAIN_KEYS, Suite
+from .data.tasks import resolve_tasks
+from .errors import UsageError
+from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of
+from .records import find_record
+from .registry import MethodSpec, did_you_mean, expand_methods, get_method
+from .runner import run_sweep
+from .selection import choose, val_top1
+
+DEFAULT_BUDGET = 8  # used when neither --budget nor the suite's tune.budget says otherwise
+DEFAULT_GRID = {"lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2], "weight_decay": [0.0, 1e-4, 1e-2]}
+
+
+@dataclass
+class TuneRequest:
+    sweep: SweepRequest  # methods, tasks, suite, data, backbone, out, workers ... (its seeds are not used)
+    budget: int | None = None  # trials per (method, task); None: the suite's tune.budget, else DEFAULT_BUDGET
+    final_seeds: int = 3
+    trial_seed: int = 0  # the seed of every trial, and of the subsample of a larger grid
+    poll_s: float = 2.0  # while other workers hold runs this tune needs, look again this often
+
+
+@dataclass(frozen=True)
+class Candidate:
+    grid_index: int  # position in the full grid (the last tie-break)
+    values: tuple[tuple[str, Any], ...]  # (key, value): training keys and method knobs
+
+    def sets(self, method: str) -> tuple[str, ...]:
+        return tuple(f"{k}={v}" if k in TRAIN_KEYS else f"{method}.{k}={v}" for k, v in self.values)
+
+
+@dataclass
+class TuneResult:
+    trials: SweepResult
+    finals: SweepResult
+    budget: int
+    chosen: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # (method, task) -> trial record
+    trial_counts: dict[str, int] = field(default_factory=dict)  # method -> trials per task
+
+
+def search_space(spec: MethodSpec, suite: Suite) -> dict[str, list[Any]]:
+    """The shared grid (suite ``tune.grid``) and the method's knobs (declared ``search`` values,
+    overridden per method by the suite's ``tune.methods``), in a fixed order."""
+    space = dict(suite.tune.grid or DEFAULT_GRID)
+    knobs = spec.search_space()
+    override = suite.tune.methods.get(spec.name, {})
+    names = {f.name for f in dataclasses.fields(spec.config_cls)}
+    for key in override:
+        if key not in names:
+            raise UsageError(f"{suite.source}: tune.methods.{spec.name}.{key}: not a knob of '{spec.name}'"
+                             + did_you_mean(key, sorted(names)))
+    space.update({**knobs, **override})
+    return space
+
+
+def grid(space: dict[str, list[Any]]) -> list[Candidate]:
+    keys = list(space)
+    return [Candidate(i, tuple(zip(keys, combo))) for i, combo in enumerate(itertools.product(*space.values()))]
+
+
+def subsample(candidates: list[Candidate], budget: int, key: str) -> list[Candidate]:
+    """The first ``budget`` of a permutation seeded by ``key``: deterministic, and a larger budget
+    keeps every earlier trial (its prefix), so re-running with more adds trials and discards none."""
+    order = list(range(len(candidates)))
+    random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16)).shuffle(order)
+    return [candidates[i] for i in sorted(order[:budget])]
+
+
+def plan_trials(spec: MethodSpec, suite: Suite, budget: int, trial_seed: int) -> tuple[list[Candidate], int]:
+    """-> (this method's trials, the size of its full grid)."""
+    full = grid(search_space(spec, suite))
+    return subsample(full, budget, f"peftbench-tune:{trial_seed}:{spec.name}"), len(full)
+
+
+def _until_done(req: SweepRequest, reporter: Reporter, poll_s: float) -> SweepResult:
+    """Run the points; while other live workers hold some, wait and look again (stale claims are
+    taken over by the sweep itself), so every run this tune needs has a record when it returns."""
+    total = SweepResult()
+    while True:
+        result = run_sweep(req, reporter)
+        total.written += result.written
+        total.run_ids.update(result.run_ids)
+        for status, n in result.statuses.items():
+            total.statuses[status] = total.statuses.get(status, 0) + n
+        if not result.left_to_others:
+            total.skipped = result.skipped
+            return total
+        reporter.message(f"waiting for {len(result.left_to_others)} run(s) held by other workers")
+        time.sleep(poll_s)
+
+
+def run_tune(req: TuneRequest, reporter: Reporter | None = None) -> TuneResult:
+    reporter = reporter or Reporter()
+    sweep = req.sweep
+    if sweep.recipe != SHARED_RECIPE:
+        raise UsageError(f"--recipe {sweep.recipe}: tune searches its own settings on the shared recipe; "
+                         "run a named recipe with `peftbench run --recipe NAME`")
+    if req.final_seeds < 1:
+        raise UsageError(f"--final-seeds {req.final_seeds}: must be at least 1")
+    specs = [get_method(m) for m in expand_methods(sweep.methods)]
+    suite_name = suite_of(sweep)
+    suite = load_suite(suite_name, sweep.suite_file)
+    tasks = resolve_tasks(sweep.tasks, suite_name)
+    budget = req.budget if req.budget is not None else (suite.tune.budget or DEFAULT_BUDGET)
+    if budget < 1:
+        raise UsageError(f"--budget {budget}: must be at least 1")
+
+    trial_points: dict[tuple[str, str], list[Point]] = {}
+    counts: dict[str, int] = {}
+    for spec in specs:
+        candidates, size = plan_trials(spec, suite, budget, req.trial_seed)
+        counts[spec.name] = len(candidates)
+        if len(candidates) < budget:
+            reporter.message(f"warning: {spec.name}: its search space has only {size} configuration(s), fewer "
+                             f"than the budget {budget}: it gets {size} trial(s) per task")
+        for task in tasks:
+            trial_points[(spec.name, task.name)] = [Point(
+                spec.name, task.name, ("protocol=val", *c.sets(spec.name)), (req.trial_seed,), "trial",
+                {"label": f"trial{c.grid_index}", "search": dict(c.values), "grid_index": c.grid_index,
+                 "grid_size": size}) for c in candidates]
+    reporter.message(f"tune: {sum(map(len, trial_points.values()))} trial(s) ({budget} per method and task, "
+                     f"train800 -> val200), then {req.final_seeds} final seed(s) per method and task")
+    trials = _until_done(dataclasses.replace(sweep, points=[p for ps in trial_points.values() for p in ps]),
+                         reporter, req.poll_s)
+
+    chosen: dict[tuple[str, str], dict | None] = {}
+    finals = []
+    for (method, task), points in trial_points.items():
+        records = [find_record(sweep.out, trials.run_ids[(p, req.trial_seed)]) for p in points]
+        best = choose([r for r in records if r is not None])
+        chosen[(method, task)] = best
+        if best is None:
+            reporter.message(f"warning: {method}/{task}: no trial completed with a val200 accuracy; no final run")
+            continue
+        search = best["tune"]["search"]
+        cand = Candidate(best["tune"]["grid_index"], tuple(search.items()))
+        finals.append(Point(method, task, ("protocol=final", *cand.sets(method)), tuple(range(req.final_seeds)),
+                            "final", {"label": "final", "search": search, "grid_index": cand.grid_index}))
+        reporter.message(f"{method}/{task}: chose {_fmt(search)} (val200 top-1 {val_top1(best):.2f}%)")
+    final_result = (_until_done(dataclasses.replace(sweep, points=finals), reporter, req.poll_s) if finals
+                    else SweepResult())
+    return TuneResult(trials, final_result, budget, chosen, counts)
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
