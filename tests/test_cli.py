@@ -102,7 +102,7 @@ def test_broken_data_one_clear_error_no_record(vtab_root, tmp_path, capsys, brea
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--methods", "vpt", "--tasks", "eurosat"], "unknown method 'vpt'; did you mean"),
+    (["--methods", "vtp", "--tasks", "eurosat"], "unknown method 'vtp'; did you mean 'vpt'"),  # 'vpt' is a family
     (["--methods", "linear", "--tasks", "eurosta"], "unknown task 'eurosta'"),
     (["--methods", "linear", "--tasks", "eurosat", "--set", "lr"], "--set lr: expected KEY=VALUE"),
     (["--methods", "linear", "--tasks", "eurosat", "--set", "lrr=1"], "unknown training key 'lrr'"),

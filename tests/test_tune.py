@@ -297,3 +297,25 @@ def test_report_never_averages_two_configurations_into_one_cell():
     (repro,) = [t for t in tables if t.setting.recipe == "official"]
     assert "chosen on test" in repro.title() and any("test-set selection" in n for n in repro.notes)
     assert report.setting_of(make_record("linear", "dtd", 0, 1.0)).recipe == "shared"  # old records: readable
+
+
+# --- the official recipe's loop options ---------------------------------------------------------------------------
+
+def test_per_epoch_schedule_matches_timm_cosine_and_sgd_has_momentum():
+    from timm.scheduler import CosineLRScheduler
+
+    from peftbench.config import TrainConfig
+    from peftbench.train import lr_at, make_optimizer
+
+    cfg = TrainConfig(epochs=12, lr=0.5, warmup_epochs=3, warmup_lr=1e-6, min_lr=1e-5, schedule="per_epoch",
+                      optimizer="sgd", momentum=0.8)
+    model = torch.nn.Linear(4, 2)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.8
+    timm_sched = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.min_lr, warmup_t=cfg.warmup_epochs,
+                                   warmup_lr_init=cfg.warmup_lr)
+    steps = 5
+    for epoch in range(cfg.epochs):
+        expected = timm_sched._get_lr(epoch)[0]
+        ours = {lr_at(epoch * steps + i, steps, cfg) for i in range(steps)}
+        assert len(ours) == 1 and ours.pop() == pytest.approx(expected, rel=1e-9), epoch
