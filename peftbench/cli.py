@@ -294,7 +294,8 @@ def _cmd_methods(console: Console) -> int:
         fam = f"  (family {m['family']})" if m["family"] != m["name"] else ""
         console.print(f"[bold]{m['name']}[/bold] v{m['version']}{fam}  {m['description']}")
         for k in m["knobs"]:
-            console.print(f"    {m['name']}.{k['name']} = {k['default']!r}  {k['help']}", markup=False)
+            searched = f"  (tune searches {k['search']})" if k.get("search") else ""
+            console.print(f"    {m['name']}.{k['name']} = {k['default']!r}  {k['help']}{searched}", markup=False)
     console.print("\n[bold]training keys[/bold] (--set KEY=VALUE, or METHOD.KEY=VALUE for one method)")
     for k in train_keys():
         console.print(f"    {k['name']} = {k['default']!r}  {k['help']}", markup=False)

@@ -47,7 +47,8 @@ class MethodSpec:
         out = []
         for f in dataclasses.fields(self.config_cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+            out.append({"name": f.name, "default": default, "help": f.metadata.get("help", ""),
+                        "search": f.metadata.get("search")})
         return out
 
 

@@ -252,6 +252,7 @@ def test_family_names_expand_and_methods_lists_families(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "family vpt = vpt_deep, vpt_shallow" in out and "vpt_deep v1  (family vpt)" in out
+    assert "(tune searches [1, 5, 10, 50, 100, 200])" in out
 
 
 def test_run_with_a_family_and_data_root_without_suite(vtab_root, tmp_path, capsys):
