@@ -2,8 +2,8 @@
 
 A suite is a mapping of sections; ``defaults`` maps training keys to values, ``methods`` maps a method
 to its overrides, ``recipes`` maps a named recipe to its ``note``, ``methods`` and ``tasks`` (a task to
-methods to overrides), ``tune`` holds ``budget``, ``grid`` and ``methods`` (lists of values). Values are scalars or lists of
-scalars (e.g. ``ship.layers: [0, 2, 4]``). Which keys exist is checked later, where the method's
+methods to overrides), ``tune`` holds ``budget``, ``grid`` and ``methods`` (lists of values). Values
+are scalars or lists of scalars (e.g. ``ship.layers: [0, 2, 4]``). Which keys exist is checked later, where the method's
 knobs are known (config.resolve).
 """
 
