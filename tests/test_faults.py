@@ -243,15 +243,23 @@ def test_unworkable_options_are_one_error_before_anything_runs(vtab_root, tmp_pa
 
 @pytest.mark.parametrize("body, where", [
     ("methods: {linear: 5}", "methods.linear: expected a mapping of KEY: VALUE, got int 5"),
-    ("tasks: {cifar100: [1, 2]}", "tasks.cifar100: expected a mapping of METHOD: {KEY: VALUE}, got a list [1, 2]"),
-    ("tasks: {cifar100: {linear: 3}}", "tasks.cifar100.linear: expected a mapping of KEY: VALUE, got int 3"),
+    ("recipes: {r: {tasks: {cifar100: [1, 2]}}}",
+     "recipes.r.tasks.cifar100: expected a mapping of METHOD: {KEY: VALUE}, got a list [1, 2]"),
+    ("recipes: {r: {tasks: {cifar100: {linear: 3}}}}",
+     "recipes.r.tasks.cifar100.linear: expected a mapping of KEY: VALUE, got int 3"),
     ("methods: [linear, full]", "methods: expected a mapping of METHOD: {KEY: VALUE}, got a list"),
     ("defaults: [epochs, 3]", "defaults: expected a mapping of KEY: VALUE, got a list"),
     ("defaults: {epochs: {a: 1}}", "defaults.epochs: expected a value or a list of plain values, got a mapping"),
-    ("tasks: {cifar100: {linear: {lr: [[1]]}}}", "tasks.cifar100.linear.lr: expected a value or a list of plain"),
+    ("recipes: {r: {tasks: {cifar100: {linear: {lr: [[1]]}}}}}",
+     "recipes.r.tasks.cifar100.linear.lr: expected a value or a list of plain"),
     ("methods: {1: {lr: 0.1}}", "methods.1: expected a name (text), got int 1"),
     ("backbone: [vit]", "backbone: expected text, got a list"),
-    ("tasks: 7", "tasks: expected a mapping of TASK: {METHOD: {KEY: VALUE}}, got int 7"),
+    ("recipes: 7", "recipes: expected a mapping of NAME: {note, methods, tasks}, got int 7"),
+    ("recipes: {r: {tasks: 7}}", "recipes.r.tasks: expected a mapping of TASK: {METHOD: {KEY: VALUE}}, got int 7"),
+    ("tune: {budget: 0}", "tune.budget: expected a whole number of trials, at least 1, got int 0"),
+    ("tune: {grid: {lr: {a: 1}}}", "tune.grid.lr: expected a value or a list of plain values, got a mapping"),
+    ("tasks: {cifar100: {linear: {lr: 0.1}}}", "a top-level 'tasks' section (per-task settings) belongs under a "
+                                               "named recipe"),
 ])
 def test_suite_file_of_the_wrong_shape_names_the_key(vtab_root, tmp_path, capsys, body, where):
     suite = tmp_path / "suite.yaml"
@@ -264,7 +272,7 @@ def test_suite_file_of_the_wrong_shape_names_the_key(vtab_root, tmp_path, capsys
 
 @pytest.mark.parametrize("body, where", [
     ("defaults: {warmup_epochs: [1, 2]}", "defaults.warmup_epochs: [1, 2] is not a valid int"),
-    ("tasks: {cifar100: {linear: {lr: fast}}}", "tasks.cifar100.linear.lr: 'fast' is not a valid float"),
+    ("methods: {linear: {lr: fast}}", "methods.linear.lr: 'fast' is not a valid float"),
 ])
 def test_suite_value_of_the_wrong_type_names_file_and_key(vtab_root, tmp_path, capsys, body, where):
     suite = tmp_path / "suite.yaml"
