@@ -230,8 +230,12 @@ def _cmd_tune(args: argparse.Namespace, console: Console) -> int:
     console.print(f"done: budget {result.budget} trial(s) per method and task; records in {args.out}", markup=False)
     if not args.no_report:
         _write_report(args.out, args.out / REPORT_DIRNAME, True, console)
+    orphaned = result.trials.orphaned + result.finals.orphaned
+    if orphaned:
+        console.print(f"warning: {len(orphaned)} run(s) not done: claimed by workers that are no longer alive; "
+                      "run the same command again", markup=False)
     statuses = set(result.trials.statuses) | set(result.finals.statuses)
-    return 0 if statuses <= {"complete"} and all(result.chosen.values()) else 1
+    return 0 if statuses <= {"complete"} and all(result.chosen.values()) and not orphaned else 1
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:

@@ -104,7 +104,7 @@ def _until_done(req: SweepRequest, reporter: Reporter, poll_s: float) -> SweepRe
         for status, n in result.statuses.items():
             total.statuses[status] = total.statuses.get(status, 0) + n
         if not result.left_to_others:
-            total.skipped = result.skipped
+            total.skipped, total.orphaned = result.skipped, result.orphaned
             return total
         reporter.message(f"waiting for {len(result.left_to_others)} run(s) held by other workers")
         time.sleep(poll_s)
