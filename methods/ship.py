@@ -353,10 +353,13 @@ def top_tokens(tokens: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tens
 
 
 def prompt_matching_loss(x: torch.Tensor, n: int, cls_logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over prompt tokens of 1 - max cosine similarity to the k most attended image tokens."""
+    """Per image (B,): mean over prompt tokens of 1 - max cosine similarity to the k most attended image tokens.
+
+    Its batch mean is the official loss; per image, the training loop can leave padded samples out.
+    """
     targets = F.normalize(top_tokens(x[:, :n], cls_logits, k), dim=-1)
     sim = F.normalize(x[:, n:], dim=-1) @ targets.transpose(1, 2)
-    return (1 - sim.amax(dim=-1)).mean()
+    return (1 - sim.amax(dim=-1)).mean(dim=-1)
 
 
 def check_backbone(vit: nn.Module) -> None:

@@ -52,8 +52,9 @@ class TrainConfig:
     drop_path: float = field(default=0.0, metadata={"help": "stochastic depth rate of the backbone"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32"})
     eval_batch_size: int = field(default=256, metadata={"help": "batch size for evaluation"})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the training forward (pays off for long GPU runs; compile time is recorded)"})
+    compile: str = field(default="auto", metadata={
+        "help": "torch.compile forward+loss and evaluation: auto (on for CUDA, off on the CPU), true or false; "
+                "static shapes, graphs shared by the runs of a sweep, compile time counted in the wall times"})
     cache_features: bool = field(default=True, metadata={
         "help": "when only the classifier trains on frozen features (linear probe), compute them once"})
     bench_steps: int = field(default=10, metadata={"help": "timed steps for throughput (0 = skip)"})
@@ -67,6 +68,9 @@ class TrainConfig:
             raise UsageError(f"optimizer={self.optimizer!r}: expected adamw or sgd")
         if self.schedule not in ("per_step", "per_epoch"):
             raise UsageError(f"schedule={self.schedule!r}: expected per_step or per_epoch")
+        self.compile = str(self.compile).lower()  # YAML / --set give booleans
+        if self.compile not in ("auto", "true", "false"):
+            raise UsageError(f"compile={self.compile!r}: expected auto, true or false")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UsageError(f"precision={self.precision!r}: expected auto, bf16 or fp32")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "bench_batch"):

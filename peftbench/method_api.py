@@ -55,7 +55,9 @@ class MethodOutput(NamedTuple):
     """A training forward's result when the method has a loss of its own besides the cross-entropy."""
 
     logits: torch.Tensor
-    aux_loss: torch.Tensor | None = None  # added to the cross-entropy as is (already weighted); None: none
+    # already weighted; per image (B,) so that the loop weights it like the cross-entropy and leaves the
+    # padding of a short last batch out (a scalar is added as is); None: none
+    aux_loss: torch.Tensor | None = None
 
 
 def split_output(out: torch.Tensor | MethodOutput) -> tuple[torch.Tensor, torch.Tensor | None]:

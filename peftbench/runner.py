@@ -49,6 +49,7 @@ from .registry import MethodSpec, expand_methods, get_method
 from .train import (
     Diverged,
     autocast_factory,
+    effective_compile,
     effective_precision,
     evaluate,
     make_optimizer,
@@ -112,7 +113,7 @@ def _train_and_evaluate(model: torch.nn.Module, batches: tuple[Batches, Batches]
     clock.start("evaluation")
     ticks = itertools.count(total_steps + 1)
     top1 = evaluate(model, eval_batches, tcfg.eval_batch_size, precision, device,
-                    on_batch=lambda _: reporter.run_progress(next(ticks)))
+                    on_batch=lambda _: reporter.run_progress(next(ticks)), compile=effective_compile(tcfg, device))
     clock.stop("eval")
     metrics["test_top1" if eval_split == "test" else "val_top1"] = top1
     metrics["eval_split"] = eval_split
@@ -124,9 +125,10 @@ def _measure(model: torch.nn.Module, task: TaskSpec, tcfg: TrainConfig, precisio
     """Peak memory of the run, then training and inference throughput on synthetic batches."""
     clock.start("measurement")
     metrics["peak_mem_bytes"], metrics["peak_mem_kind"] = memory.peak()
-    autocast = autocast_factory(precision, device)
+    autocast, compiled = autocast_factory(precision, device), effective_compile(tcfg, device)
     metrics.update(measure_throughput(
-        model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast), backbone.preprocess.img_size,
+        model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast, compiled),
+        backbone.preprocess.img_size,
         task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast))
     clock.stop("measure")
 
@@ -149,6 +151,7 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     model, ctx, stored = _build(spec, task, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
     metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
+                               "compiled": effective_compile(tcfg, device),
                                "gflops": inference_gflops(model, backbone.preprocess.img_size, device)}
     status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:

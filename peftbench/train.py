@@ -18,7 +18,7 @@ from torch import nn
 from .checkpoint import Checkpointer, rng_state, set_rng_state, trainable_keys, trainable_state
 from .config import TrainConfig
 from .data.images import Batches
-from .method_api import MethodOutput, split_output
+from .method_api import split_output
 
 
 class Diverged(RuntimeError):
@@ -41,6 +41,45 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
     if precision == "bf16":
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def effective_compile(cfg: TrainConfig, device: torch.device) -> bool:
+    """compile=auto: on for CUDA (fewer launches, fused kernels), off on the CPU (compile costs more than it saves)."""
+    if cfg.compile == "auto":
+        return device.type == "cuda"
+    return cfg.compile == "true"
+
+
+COMPILE_BACKEND = "inductor"  # tests swap in a counting backend: guards and recompiles are decided before it
+# one graph per (method, backbone, classes, batch shape, train/eval): a sweep of 19 tasks x a few methods
+# exceeds dynamo's default of 8 per function, beyond which it would fall back to eager without a word
+RECOMPILE_LIMIT = 256
+_compiled: dict[tuple[str, object], Callable] = {}
+
+
+def compile_once(fn: Callable) -> Callable:
+    """``fn`` compiled once per process with static shapes, so every run of a sweep reuses its graphs.
+
+    Guards check the model's type and its tensors' shapes, not its identity: a fresh model of the
+    same method, backbone and number of classes runs the graph an earlier run compiled.
+    """
+    key = (fn.__qualname__, COMPILE_BACKEND)
+    if key not in _compiled:
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)
+        _compiled[key] = torch.compile(fn, dynamic=False, backend=COMPILE_BACKEND)
+    return _compiled[key]
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def real_sizes(n: int, batch_size: int) -> list[int]:
+    """Real samples in each batch of a split of n (the last one short, padded to batch_size)."""
+    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -86,27 +125,49 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps_per_epoch, cfg) / cfg.lr)
 
 
-def loss_fn(output: torch.Tensor | MethodOutput, labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Cross-entropy plus the auxiliary loss that the method's forward returned, if any."""
-    logits, aux = split_output(output)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-    return loss if aux is None else loss + aux
+def sample_weights(batch_size: int, real: int, device: torch.device) -> torch.Tensor:
+    """1/real for the batch's real samples, 0 for the padding after them: the loss is their mean."""
+    w = torch.zeros(batch_size, device=device)
+    w[:real] = 1.0 / real
+    return w
 
 
-def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, autocast: Callable
-              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimiser step on a batch (gradient accumulation splits the batch into micro-batches)."""
+def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, label_smoothing: float
+            ) -> torch.Tensor:
+    """Cross-entropy plus the auxiliary loss that the method's forward returned, weighted per sample by ``w``.
+
+    Padded samples carry weight 0, so their gradients vanish exactly. A per-sample auxiliary
+    loss (shape (B,)) is weighted the same way; a scalar one cannot be masked and is scaled by
+    the chunk's share of the batch, as an unweighted mean would be.
+    """
+    logits, aux = split_output(model(x))
+    loss = (F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing) * w).sum()
+    if aux is not None:
+        loss = loss + ((aux.float() * w).sum() if aux.ndim else aux * w.sum())
+    return loss
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, autocast: Callable,
+              compiled: bool = False) -> Callable[..., torch.Tensor]:
+    """One optimiser step on a batch (gradient accumulation splits the batch into micro-batches).
+
+    ``step(x, y, w=None)``: ``w`` weights the samples (see :func:`sample_weights`; None: all real).
+    With ``compiled``, forward + loss (and through AOTAutograd their backward) run as one graph
+    (see :func:`compile_once`), shared by every run of the process.
+    """
     params = [p for g in opt.param_groups for p in g["params"]]
+    loss_of = compile_once(loss_fn) if compiled else loss_fn
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        if w is None:
+            w = sample_weights(len(y), len(y), y.device)
         opt.zero_grad(set_to_none=True)
         total = x.new_zeros(())
-        for xs, ys in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum)):
+        for xs, ys, ws in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum), w.chunk(cfg.grad_accum)):
             with autocast():
-                output = model(xs)
-            loss = loss_fn(output, ys, cfg)
-            (loss * (len(ys) / len(y))).backward()
-            total = total + loss.detach() * (len(ys) / len(y))
+                loss = loss_of(model, xs, ys, ws, cfg.label_smoothing)
+            loss.backward()
+            total = total + loss.detach()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -144,11 +205,15 @@ class FeatureBatches:
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         self.data, self.labels = features, labels
 
-    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                pad_last: bool = False):
         n = len(self.data)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size].to(self.data.device)
+            idx = order[start:start + batch_size]
+            if pad_last:
+                idx = idx[torch.arange(batch_size) % len(idx)]
+            idx = idx.to(self.data.device)
             yield self.data[idx], self.labels[idx]
 
 
@@ -156,9 +221,9 @@ class FeatureBatches:
 def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocast: Callable) -> torch.Tensor:
     model.eval()
     feats = []
-    for x, _ in batches.iterate(batch_size):
+    for (x, _), real in zip(batches.iterate(batch_size, pad_last=True), real_sizes(len(batches.data), batch_size)):
         with autocast():
-            feats.append(model.frozen_features(x).float())
+            feats.append(model.frozen_features(x)[:real].float())
     return torch.cat(feats)
 
 
@@ -166,7 +231,7 @@ def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocas
 class TrainResult:
     epochs_done: int
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
-    first_step_s: float | None = None  # wall time of the first step (with --compile: the compilation)
+    first_step_s: float | None = None  # wall time of the first step (compiled: the compilation)
     resumed_from: int = 0  # epochs restored from a checkpoint
 
 
@@ -190,8 +255,8 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         trained = _Classifier(model)
     opt = make_optimizer(trained, cfg, device)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
-    # compiled with fixed shapes: one graph for the full batches, one for the last partial batch
-    step = make_step(torch.compile(trained, dynamic=False) if cfg.compile else trained, opt, cfg, autocast)
+    # every batch at cfg.batch_size (the last one padded, its padding weighted 0): one static shape
+    step = make_step(trained, opt, cfg, autocast, compiled=effective_compile(cfg, device))
     gen = torch.Generator().manual_seed(seed)
     result = TrainResult(epochs_done=0)
     fits = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "keys": trainable_keys(model)}
@@ -211,9 +276,10 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
             model.on_epoch_start(epoch, cfg.epochs)
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for x, y in batches.iterate(cfg.batch_size, shuffle=True, generator=gen):
+        batch_iter = batches.iterate(cfg.batch_size, shuffle=True, generator=gen, pad_last=True)
+        for (x, y), real in zip(batch_iter, real_sizes(n, cfg.batch_size)):
             t0 = time.perf_counter()
-            loss = step(x, y)
+            loss = step(x, y, sample_weights(cfg.batch_size, real, device))
             if result.first_step_s is None:
                 loss.item()  # wait for the step to finish
                 result.first_step_s = time.perf_counter() - t0
@@ -221,8 +287,8 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
             if check_every_step and not math.isfinite(loss.item()):
                 raise Diverged(f"non-finite training loss at step {done} (epoch {epoch + 1})")
             sched.step()
-            loss_sum += loss * len(y)
-            seen += len(y)
+            loss_sum += loss * real
+            seen += real
             if on_step:
                 on_step(done, total_steps)
         epoch_loss = float(loss_sum) / seen
@@ -239,15 +305,18 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, batch_size: int, precision: str, device: torch.device,
-             on_batch: Callable[[int], None] | None = None) -> float:
-    """Top-1 accuracy in percent, one pass over the split."""
+             on_batch: Callable[[int], None] | None = None, compile: bool = False) -> float:
+    """Top-1 accuracy in percent, one pass over the split, every batch at ``batch_size`` (one static shape:
+    the last batch is padded and the padding's logits dropped)."""
     model.eval()
     autocast = autocast_factory(precision, device)
+    run = compile_once(forward) if compile else forward
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for x, y in batches.iterate(batch_size):
+    for (x, y), real in zip(batches.iterate(batch_size, pad_last=True), real_sizes(len(batches.data), batch_size)):
         with autocast():
-            logits, _ = split_output(model(x))
-        correct += (logits.argmax(dim=-1) == y).sum()
+            logits, _ = split_output(run(model, x))
+            logits = logits[:real]
+        correct += (logits.argmax(dim=-1) == y[:real]).sum()
         if on_batch:
-            on_batch(len(y))
+            on_batch(real)
     return 100.0 * int(correct) / len(batches.data)

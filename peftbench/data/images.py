@@ -224,9 +224,12 @@ class Batches:
             imgs, labels = imgs.pin_memory(), labels.pin_memory()
         return self.to_input(imgs), labels.to(self.device, non_blocking=True)
 
-    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                pad_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in (shuffled) order; ``pad_last`` fills a short last batch up to ``batch_size`` by
+        repeating its own samples (real images: no odd values reach the model), for static shapes."""
         n = len(self.data)
         order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
         for start in range(0, n, batch_size):
-            yield self.batch(order[start:start + batch_size])
+            idx = order[start:start + batch_size]
+            yield self.batch(np.resize(idx, batch_size) if pad_last else idx)
