@@ -6,6 +6,10 @@ batches of the cached uint8 images into normalised model inputs on the device, o
 training split — and prints it as a fraction of a training epoch: the baseline measured in
 the same run is the training itself.
 
+Each task is a sweep of its own (in one process, so compiled graphs carry over) and its line is
+printed as soon as it finishes, with the running extrapolation to all 19 VTAB-1k tasks: a time
+limit that cuts the last task off keeps the lines of those before it.
+
     python benchmarks/end_to_end.py --quick                 # CPU: mini suite, 2 tasks, 2 epochs
     python benchmarks/end_to_end.py --synthetic /data/synth-vtab --tasks all --method vpt_deep \
         --backbone vit_base_patch16_224 --epochs 100        # GPU: the full-size synthetic VTAB-1k
@@ -23,7 +27,7 @@ import torch
 
 from peftbench.data.images import Batches, load_split
 from peftbench.data.splits import read_task_lists
-from peftbench.data.tasks import resolve_tasks
+from peftbench.data.tasks import VTAB1K, resolve_tasks
 from peftbench.records import load_records
 from peftbench.runner import SweepRequest, resolve_device, run_sweep
 
@@ -65,33 +69,53 @@ def main() -> None:
     if args.synthetic is None:
         ap.error("--synthetic DIR is required (or --quick)")
     device = resolve_device(args.device)
+    measured: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         out, cache = Path(tmp) / "runs", Path(tmp) / "cache"
-        req = SweepRequest(methods=[args.method], tasks=args.tasks, suite=args.suite, data_root=args.synthetic,
-                           out=out, backbone=args.backbone, weights=args.weights, cache_dir=cache,
-                           device=args.device, sets=[f"epochs={args.epochs}", "bench_steps=0", *args.sets])
         start = time.perf_counter()
-        run_sweep(req)
+        for task in resolve_tasks(args.tasks, args.suite):
+            req = SweepRequest(methods=[args.method], tasks=task.name, suite=args.suite, data_root=args.synthetic,
+                               out=out, backbone=args.backbone, weights=args.weights, cache_dir=cache,
+                               device=args.device, sets=[f"epochs={args.epochs}", "bench_steps=0", *args.sets])
+            run_sweep(req)
+            rec = next(r for r in load_records(out)[0] if r["task"] == task.name)
+            row = task_row(rec, args, device, cache)
+            measured.append({**row, "test_size": task.test_size})
+            print(json.dumps({**row, **extrapolate(measured)}), flush=True)
         total = time.perf_counter() - start
-        records = sorted(load_records(out)[0], key=lambda r: r["task"])
-        phases = {"decode": 0.0, "prepare": 0.0, "train": 0.0, "eval": 0.0}
-        for rec in records:
-            wall = rec["metrics"].get("wall_s", {})
-            row = {"task": rec["task"], "status": rec["status"], "decode_s": wall.get("data"),
-                   "prepare_s": wall.get("prepare"), "train_s": wall.get("train"), "eval_s": wall.get("eval"),
-                   "test_top1": rec["metrics"].get("test_top1")}
-            for key, name in (("data", "decode"), ("prepare", "prepare"), ("train", "train"), ("eval", "eval")):
-                phases[name] += wall.get(key) or 0.0
-            bb, cfg = rec["backbone"], rec["config"]["train"]
-            epoch_s = (wall.get("train") or 0.0) / cfg["epochs"]
-            dp = data_path_seconds(args.synthetic, args.suite, rec["task"], tuple(bb["img_size"]), bb["mean"],
-                                   bb["std"], bb["interpolation"], cfg["batch_size"], device, cache)
-            row.update({"train_epoch_s": round(epoch_s, 3), "data_path_epoch_s": round(dp, 3),
-                        "data_path_fraction_of_train": round(dp / epoch_s, 3) if epoch_s else None})
-            print(json.dumps(row), flush=True)
-        print(json.dumps({"method": args.method, "tasks": len(records), "epochs": args.epochs,
+        phases = {k: round(sum(r[f"{k}_s"] or 0.0 for r in measured), 1)
+                  for k in ("decode", "prepare", "train", "eval")}
+        print(json.dumps({"method": args.method, "tasks": len(measured), "epochs": args.epochs,
                           "device": str(device), "backbone": args.backbone, "total_wall_s": round(total, 1),
-                          **{f"{k}_s": round(v, 1) for k, v in phases.items()}}))
+                          **{f"{k}_s": v for k, v in phases.items()}, **extrapolate(measured)}), flush=True)
+
+
+def task_row(rec: dict, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
+    """One task's phase times (compile included in train and eval) and its data path's share of an epoch."""
+    wall, m = rec["metrics"].get("wall_s", {}), rec["metrics"]
+    row = {"task": rec["task"], "status": rec["status"], "decode_s": wall.get("data"), "prepare_s": wall.get("prepare"),
+           "train_s": wall.get("train"), "eval_s": wall.get("eval"), "first_step_s": m.get("first_step_s"),
+           "compiled": m.get("compiled"), "test_top1": m.get("test_top1")}
+    bb, cfg = rec["backbone"], rec["config"]["train"]
+    epoch_s = (wall.get("train") or 0.0) / cfg["epochs"]
+    dp = data_path_seconds(args.synthetic, args.suite, rec["task"], tuple(bb["img_size"]), bb["mean"], bb["std"],
+                           bb["interpolation"], cfg["batch_size"], device, cache)
+    row.update({"train_epoch_s": round(epoch_s, 3), "data_path_epoch_s": round(dp, 3),
+                "data_path_fraction_of_train": round(dp / epoch_s, 3) if epoch_s else None})
+    return row
+
+
+def extrapolate(measured: list[dict]) -> dict:
+    """All 19 VTAB-1k tasks from the tasks measured so far: every task trains on 1,000 images, so training
+    (compile included) and preparation are taken per task; evaluation per test image, decoding per image."""
+    n_meas = len(measured)
+    per_task = sum((r["train_s"] or 0.0) + (r["prepare_s"] or 0.0) for r in measured) / n_meas
+    tested = sum(r["test_size"] for r in measured)
+    eval_per_image = sum(r["eval_s"] or 0.0 for r in measured) / tested
+    decode_per_image = sum(r["decode_s"] or 0.0 for r in measured) / (tested + 1000 * n_meas)
+    all_test = sum(t.test_size for t in VTAB1K)
+    total = len(VTAB1K) * per_task + eval_per_image * all_test + decode_per_image * (all_test + 1000 * len(VTAB1K))
+    return {"extrapolated_19_tasks_s": round(total, 1), "extrapolated_from_tasks": n_meas, "target_19_tasks_s": 900}
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from peftbench.errors import DataError, UsageError
 from peftbench.method_api import BuildContext, FrozenBackboneModel, MethodOutput, RunFacts
 from peftbench.registry import register_method
 
+from .ship_attention import IMPLS, attention_impl, decoupled_mask, ship_block
+
 ATTRIBUTE_LAYERS = 2  # attribute prompts join the last two selected blocks (official)
 KMEANS_SEED = 42  # the official k-means random_state; also seeds the subsample of images
 KMEANS_MAX_IMAGES = 1000  # the official code clusters at most 1000 images
@@ -82,6 +84,9 @@ class ShipConfig:
     matching_loss: bool = field(default=True, metadata={"help": "prompt matching loss (the paper's; on)"})
     decoupled_attention: bool = field(default=True, metadata={
         "help": "decoupled attention (off: one joint softmax over all tokens for all queries)"})
+    attention: str = field(default="auto", metadata={
+        "help": "decoupled attention kernels: split (two SDPA calls, flash-capable), masked (one SDPA call with a "
+                "block mask, fewer launches) or auto (masked on CUDA, split on the CPU); equal to float error"})
     backbone_train_mode: bool = field(default=True, metadata={
         "help": "let the frozen backbone's drop-path/dropout act while training (the official code does)"})
 
@@ -89,6 +94,8 @@ class ShipConfig:
         for name in ("prompt_length", "num_prototypes", "attr_tokens", "shared_tokens", "matching_topk"):
             if getattr(self, name) < 1:
                 raise UsageError(f"ship.{name}={getattr(self, name)}: must be at least 1")
+        if self.attention not in IMPLS:
+            raise UsageError(f"ship.attention={self.attention!r}: expected {', '.join(IMPLS)}")
         for name in ("scale", "pattern_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"ship.{name}={getattr(self, name)}: must be in [0, 1]")
@@ -300,52 +307,6 @@ def prepare(vit: nn.Module, cfg: ShipConfig, ctx: BuildContext) -> tuple[list[in
 
 # ---- the forward pass ----------------------------------------------------------------------
 
-def _attention(attn: nn.Module, h: torch.Tensor, n: int, scale: float, decoupled: bool, last: bool,
-               want_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """SHIP attention on normed tokens ``h`` = [n image | prompts], before the output projection.
-
-    Decoupled: image queries take (1-s)·softmax over image keys + s·softmax over prompt keys; prompt
-    tokens pass their normed input on, except in the last block, where they attend to all keys.
-    Also returns the class token's attention logits over the image keys, mean over heads (no grad).
-    """
-    b = h.shape[0]
-    heads, head_dim = attn.num_heads, attn.head_dim
-    qkv_w, qkv_b = attn.qkv.weight, attn.qkv.bias
-    inner = heads * head_dim
-    queries = h[:, :n] if decoupled and not last else h  # no wasted query projections for prompts
-    q = F.linear(queries, qkv_w[:inner], None if qkv_b is None else qkv_b[:inner])
-    kv = F.linear(h, qkv_w[inner:], None if qkv_b is None else qkv_b[inner:])
-    q = attn.q_norm(q.unflatten(-1, (heads, head_dim)).transpose(1, 2))
-    k, v = kv.unflatten(-1, (2, heads, head_dim)).permute(2, 0, 3, 1, 4)
-    k = attn.k_norm(k)
-    logits = None
-    if want_logits:
-        with torch.no_grad():
-            logits = (q[:, :, :1] @ k[:, :, :n].transpose(-2, -1)).squeeze(2).mean(1) * attn.scale
-    drop = attn.attn_drop.p if attn.training else 0.0
-
-    def sdpa(q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=drop)
-        return out.transpose(1, 2).reshape(b, q_.shape[2], inner)
-
-    if not decoupled:
-        return sdpa(q, k, v), logits
-    q_img = q[:, :, :n]
-    image = (1 - scale) * sdpa(q_img, k[:, :, :n], v[:, :, :n]) + scale * sdpa(q_img, k[:, :, n:], v[:, :, n:])
-    prompts = sdpa(q[:, :, n:], k, v) if last else h[:, n:].to(image.dtype)
-    return torch.cat([image, prompts], dim=1), logits
-
-
-def ship_block(block: nn.Module, x: torch.Tensor, n: int, scale: float = 0.1, decoupled: bool = True,
-               last: bool = False, want_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One timm ``Block`` on [n image tokens | prompt tokens], with its own weights and SHIP's attention."""
-    attn = block.attn
-    out, logits = _attention(attn, block.norm1(x), n, scale, decoupled, last, want_logits)
-    x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(attn.norm(out)))))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-    return x, logits
-
-
 def top_tokens(tokens: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
     """The k tokens (B, k, D) with the highest scores (B, N)."""
     idx = scores.topk(k, dim=-1).indices
@@ -383,8 +344,10 @@ def check_backbone(vit: nn.Module) -> None:
 class ShipViT(FrozenBackboneModel):
     """A frozen timm ViT run block by block with SHIP's prompts and attention."""
 
-    def __init__(self, vit: nn.Module, cfg: ShipConfig, layers: list[int], bank: torch.Tensor | None):
+    def __init__(self, vit: nn.Module, cfg: ShipConfig, layers: list[int], bank: torch.Tensor | None,
+                 attention: str = "split"):
         super().__init__(vit, cfg.backbone_train_mode)
+        self.attention = attention  # "split" or "masked" (ship_attention.py)
         width, like = vit.embed_dim, next(vit.parameters())
         self.slot = {block: i for i, block in enumerate(layers)}  # block index -> row of `semantic`
         self.scale, self.decoupled = cfg.scale, cfg.decoupled_attention
@@ -437,6 +400,7 @@ class ShipViT(FrozenBackboneModel):
         shared = None if self.shared is None else self.shared.expand(b, -1, -1)
         logits = aux = None
         last = len(vit.blocks) - 1
+        masks: dict[tuple[int, bool], torch.Tensor] = {}  # one block mask per sequence length, not one per block
         for i, block in enumerate(vit.blocks):
             if i in self.slot:
                 prompts = [self.semantic[self.slot[i]].expand(b, -1, -1)]
@@ -446,7 +410,14 @@ class ShipViT(FrozenBackboneModel):
             elif shared is not None:  # the group's prompts go on; the shared prompt is fresh
                 x = torch.cat([x[:, :-shared.shape[1]], shared], dim=1)
             want_logits = i + 1 in self.attr_slot or (i == last and matching)
-            x, logits = ship_block(block, x, n, self.scale, self.decoupled, i == last, want_logits)
+            mask = None
+            if self.attention == "masked" and self.decoupled:
+                key = (x.shape[1], i == last)
+                if key not in masks:
+                    masks[key] = decoupled_mask(n, x.shape[1], i == last, x.device)
+                mask = masks[key]
+            x, logits = ship_block(block, x, n, self.scale, self.decoupled, i == last, want_logits, self.attention,
+                                   mask)
         if matching:
             cls_logits = self._candidate_logits(logits)
             aux = self.matching_weight * prompt_matching_loss(x, n, cls_logits, self.matching_topk)
@@ -462,4 +433,5 @@ def build_ship(backbone: nn.Module, num_classes: int, cfg: ShipConfig, ctx: Buil
     freeze(backbone)
     for p in backbone.get_classifier().parameters():
         p.requires_grad_(True)
-    return ShipViT(backbone, cfg, layers, bank)
+    ctx.info["attention"] = attention = attention_impl(cfg.attention, ctx.device)
+    return ShipViT(backbone, cfg, layers, bank, attention)
