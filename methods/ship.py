@@ -354,7 +354,11 @@ class ShipViT(FrozenBackboneModel):
         self.attr_tokens, self.pattern_weight = cfg.attr_tokens, cfg.pattern_weight
         self.matching_weight, self.matching_topk = cfg.matching_weight, cfg.matching_topk
         self.matching_warmup = cfg.matching_warmup if cfg.matching_loss else None
-        self.matching_on = cfg.matching_loss and cfg.matching_warmup == 0
+        # the loss's weight, 0 during the warm-up: a tensor, not a Python flag, so that switching it on after
+        # the warm-up changes no compiled graph (the loss is computed, at weight 0, from the first epoch)
+        on = cfg.matching_loss and cfg.matching_warmup == 0
+        self.register_buffer("matching_scale", torch.tensor(cfg.matching_weight if on else 0.0, device=like.device),
+                             persistent=False)
         self.num_registers = vit.num_prefix_tokens - 1  # prefix = [class token, registers]
 
         def uniform(shape: tuple[int, ...], bound: float) -> nn.Parameter:
@@ -373,7 +377,8 @@ class ShipViT(FrozenBackboneModel):
         self.register_buffer("prototypes", bank if attr_blocks else None)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        self.matching_on = self.matching_warmup is not None and epoch >= self.matching_warmup
+        on = self.matching_warmup is not None and epoch >= self.matching_warmup
+        self.matching_scale.fill_(self.matching_weight if on else 0.0)
 
     def _candidate_logits(self, cls_logits: torch.Tensor) -> torch.Tensor:
         if self.num_registers:
@@ -392,7 +397,7 @@ class ShipViT(FrozenBackboneModel):
         vit = self.vit
         x = embed_tokens(vit, images)
         b, n = x.shape[:2]
-        matching = self.training and self.matching_on
+        matching = self.training and self.matching_warmup is not None
         needed = max(self.attr_tokens if self.attr_slot else 0, self.matching_topk if matching else 0)
         if n - self.num_registers < needed:
             raise UsageError(f"ship: {n - self.num_registers} image tokens at this input size, fewer than the "
@@ -420,7 +425,7 @@ class ShipViT(FrozenBackboneModel):
                                    mask)
         if matching:
             cls_logits = self._candidate_logits(logits)
-            aux = self.matching_weight * prompt_matching_loss(x, n, cls_logits, self.matching_topk)
+            aux = self.matching_scale * prompt_matching_loss(x, n, cls_logits, self.matching_topk)
         logits = logits_from_tokens(vit, x[:, :n])
         return MethodOutput(logits, aux) if self.training else logits
 
