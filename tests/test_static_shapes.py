@@ -16,7 +16,9 @@ from peftbench.config import TrainConfig
 from peftbench.data.images import Batches, SplitData
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
+from peftbench.records import load_records
 from peftbench.registry import get_method
+from peftbench.runner import SweepRequest, run_sweep
 from peftbench.train import effective_compile, evaluate, make_step, real_sizes, sample_weights, train
 
 CPU = torch.device("cpu")
@@ -117,3 +119,17 @@ def test_compile_auto_is_on_for_cuda_only():
     assert not effective_compile(TrainConfig(compile="false"), torch.device("cuda"))
     with pytest.raises(UsageError, match="compile='sometimes'"):
         TrainConfig(compile="sometimes")
+
+
+def test_a_compiled_sweep_reuses_its_graphs_and_records_compile(vtab_root, tmp_path, counting_compiler):
+    # 32 training images and 16 test images in batches of 6: short last batches in both
+    sets = ["epochs=2", "batch_size=6", "eval_batch_size=6", "bench_steps=0", "compile=true", "vpt_deep.dropout=0"]
+    req = SweepRequest(methods=["vpt_deep"], tasks="cifar", seeds=[0, 1], suite="vtab1k", data_root=vtab_root,
+                       out=tmp_path / "runs", backbone="test_vit", weights="none", img_size=32, sets=sets)
+    result = run_sweep(req)
+    assert result.statuses == {"complete": 2}
+    assert counting_compiler.frame_count == 2  # seed 1 ran seed 0's graphs: nothing compiled again
+    for rec in load_records(tmp_path / "runs")[0]:
+        m = rec["metrics"]
+        assert m["compiled"] is True and rec["config"]["train"]["compile"] == "true"
+        assert 0 < m["first_step_s"] <= m["wall_s"]["train"]  # the compilation is inside the training time
