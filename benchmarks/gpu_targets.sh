@@ -62,10 +62,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 SYNTH=${SYNTH:-/tmp/peftbench-synth}
 TASKS=dtd,eurosat,cifar100  # small test splits (dsprites_loc alone has 73,728 test images), smallest first
 if [ "${QUICK:-0}" = 1 ]; then
-    QM=vpt_deep,ship_masked  # the compiled CPU step is slow: two methods show that it works
-    step throughput_eager 300 "$PY" benchmarks/throughput.py --quick
-    step throughput_compiled 400 "$PY" benchmarks/throughput.py --quick --compile --methods "$QM"
-    step infer1024 300 "$PY" benchmarks/throughput.py --quick --methods linear --infer-batch 128
+    # CPU-sized (ViT-Ti at 64 px, tiny batches, 2 timed steps): checks the script and its plumbing, not speed
+    QA="--backbone vit_tiny_patch16_224 --img-size 64 --batch 8 --infer-batch 16 --steps 2 --warmup 1"
+    step throughput_eager 300 "$PY" benchmarks/throughput.py $QA
+    # inductor on a CPU compiles slowly: one method shows that the compiled path and its ratios work
+    step throughput_compiled 400 "$PY" benchmarks/throughput.py $QA --compile --methods vpt_deep
+    step infer1024 300 "$PY" benchmarks/throughput.py $QA --methods linear
     step memory 300 "$PY" benchmarks/memory.py --quick
     step synthetic 300 "$PY" -m peftbench.cli make-synthetic --like vtab1k --tasks "$TASKS" --scale 0.02 --out "$SYNTH"
     step end_to_end 300 "$PY" benchmarks/end_to_end.py --synthetic "$SYNTH" --tasks "$TASKS" --method vpt_deep \
