@@ -157,10 +157,13 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, au
     """
     params = [p for g in opt.param_groups for p in g["params"]]
     loss_of = compile_once(loss_fn) if compiled else loss_fn
+    uniform: dict[int, torch.Tensor] = {}  # made once per batch size, not on every step
 
     def step(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         if w is None:
-            w = sample_weights(len(y), len(y), y.device)
+            if len(y) not in uniform:
+                uniform[len(y)] = sample_weights(len(y), len(y), y.device)
+            w = uniform[len(y)]
         opt.zero_grad(set_to_none=True)
         total = x.new_zeros(())
         for xs, ys, ws in zip(x.chunk(cfg.grad_accum), y.chunk(cfg.grad_accum), w.chunk(cfg.grad_accum)):
@@ -257,6 +260,8 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     # every batch at cfg.batch_size (the last one padded, its padding weighted 0): one static shape
     step = make_step(trained, opt, cfg, autocast, compiled=effective_compile(cfg, device))
+    sizes = real_sizes(n, cfg.batch_size)
+    weights = {real: sample_weights(cfg.batch_size, real, device) for real in set(sizes)}
     gen = torch.Generator().manual_seed(seed)
     result = TrainResult(epochs_done=0)
     fits = {"epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "keys": trainable_keys(model)}
@@ -277,9 +282,9 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         loss_sum = torch.zeros((), device=device)
         seen = 0
         batch_iter = batches.iterate(cfg.batch_size, shuffle=True, generator=gen, pad_last=True)
-        for (x, y), real in zip(batch_iter, real_sizes(n, cfg.batch_size)):
+        for (x, y), real in zip(batch_iter, sizes):
             t0 = time.perf_counter()
-            loss = step(x, y, sample_weights(cfg.batch_size, real, device))
+            loss = step(x, y, weights[real])
             if result.first_step_s is None:
                 loss.item()  # wait for the step to finish
                 result.first_step_s = time.perf_counter() - t0
