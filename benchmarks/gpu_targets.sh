@@ -66,7 +66,7 @@ if [ "${QUICK:-0}" = 1 ]; then
     QA="--backbone vit_tiny_patch16_224 --img-size 64 --batch 8 --infer-batch 16 --steps 2 --warmup 1"
     step throughput_eager 300 "$PY" benchmarks/throughput.py $QA
     # inductor on a CPU compiles slowly: one method shows that the compiled path and its ratios work
-    step throughput_compiled 400 "$PY" benchmarks/throughput.py $QA --compile --methods vpt_deep
+    step throughput_compiled 900 "$PY" benchmarks/throughput.py $QA --compile --methods vpt_deep
     step infer1024 300 "$PY" benchmarks/throughput.py $QA --methods linear
     step memory 300 "$PY" benchmarks/memory.py --quick
     step synthetic 300 "$PY" -m peftbench.cli make-synthetic --like vtab1k --tasks "$TASKS" --scale 0.02 --out "$SYNTH"

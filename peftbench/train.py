@@ -224,9 +224,9 @@ class FeatureBatches:
 def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocast: Callable) -> torch.Tensor:
     model.eval()
     feats = []
-    for (x, _), real in zip(batches.iterate(batch_size, pad_last=True), real_sizes(len(batches.data), batch_size)):
+    for x, _ in batches.iterate(batch_size):
         with autocast():
-            feats.append(model.frozen_features(x)[:real].float())
+            feats.append(model.frozen_features(x).float())
     return torch.cat(feats)
 
 
@@ -311,13 +311,14 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches, batch_size: int, precision: str, device: torch.device,
              on_batch: Callable[[int], None] | None = None, compile: bool = False) -> float:
-    """Top-1 accuracy in percent, one pass over the split, every batch at ``batch_size`` (one static shape:
-    the last batch is padded and the padding's logits dropped)."""
+    """Top-1 accuracy in percent, one pass over the split. Compiled, every batch has ``batch_size`` images
+    (one static shape: the last batch is padded and the padding's logits dropped); eager, nothing is padded."""
     model.eval()
     autocast = autocast_factory(precision, device)
     run = compile_once(forward) if compile else forward
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for (x, y), real in zip(batches.iterate(batch_size, pad_last=True), real_sizes(len(batches.data), batch_size)):
+    batch_iter = batches.iterate(batch_size, pad_last=compile)
+    for (x, y), real in zip(batch_iter, real_sizes(len(batches.data), batch_size)):
         with autocast():
             logits, _ = split_output(run(model, x))
             logits = logits[:real]

@@ -76,14 +76,6 @@ def test_batches_pad_the_last_batch_with_its_own_samples():
     assert real_sizes(8, 4) == [4, 4]
 
 
-def test_evaluation_pads_and_drops_the_padding():
-    model = _model("vpt_deep").eval()
-    b = _batches(10)
-    with torch.no_grad():
-        x, y = b.batch(np.arange(10))
-        want = 100.0 * (model(x).argmax(-1) == y).sum().item() / 10
-    assert evaluate(model, b, 4, "fp32", CPU) == pytest.approx(want)
-    assert evaluate(model, b, 16, "fp32", CPU) == pytest.approx(want)
 
 
 @pytest.fixture
@@ -133,3 +125,14 @@ def test_a_compiled_sweep_reuses_its_graphs_and_records_compile(vtab_root, tmp_p
         m = rec["metrics"]
         assert m["compiled"] is True and rec["config"]["train"]["compile"] == "true"
         assert 0 < m["first_step_s"] <= m["wall_s"]["train"]  # the compilation is inside the training time
+
+
+def test_compiled_evaluation_pads_and_drops_the_padding(counting_compiler):
+    model = _model("vpt_deep").eval()
+    b = _batches(10)
+    with torch.no_grad():
+        x, y = b.batch(np.arange(10))
+        want = 100.0 * (model(x).argmax(-1) == y).sum().item() / 10
+    assert evaluate(model, b, 16, "fp32", CPU) == pytest.approx(want)  # eager: nothing padded
+    assert evaluate(model, b, 4, "fp32", CPU, compile=True) == pytest.approx(want)  # 4, 4, 2 padded to 4
+    assert counting_compiler.frame_count == 1
