@@ -20,7 +20,8 @@
 #   synthetic            60 s  3 full-size synthetic VTAB-1k tasks (real split sizes and resolutions)
 #   end_to_end          140 s  vpt_deep, 100 epochs per task with the defaults (compile=auto: on for CUDA), one
 #                              line per task as it finishes with decode / train (compile included) / eval and
-#                              the running extrapolation to all 19 tasks (target 900 s)
+#                              the running extrapolation to all 19 tasks (target 900 s), with first-time
+#                              decoding and with the decoded cache a later sweep reads
 #   summary              ~1 s  benchmarks/gpu_summary.py: the issue's table from the lines above
 #
 # What to read from it (issue 15's table): summary.log gives, per figure, the plain timm loop eager and
