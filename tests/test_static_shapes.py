@@ -26,11 +26,12 @@ CPU = torch.device("cpu")
 KNOBS = {"vpt_deep": {"prompt_length": 2, "dropout": 0.0},
          "ship": {"prompt_length": 2, "layers": (0, 1), "attribute_prompts": False, "matching_warmup": 0}}
 # the compiled runs: SHIP's matching loss switches on after the first epoch, which must not recompile either
-COMPILED_KNOBS = {"vpt_deep": KNOBS["vpt_deep"], "ship": {**KNOBS["ship"], "matching_warmup": 1}}
+COMPILED_KNOBS = {"vpt_deep": KNOBS["vpt_deep"], "ship": {**KNOBS["ship"], "matching_warmup": 1},
+                  "ship_masked": {**KNOBS["ship"], "matching_warmup": 1, "attention": "masked"}}
 
 
 def _model(method: str, knobs: dict | None = None) -> torch.nn.Module:
-    spec = get_method(method)
+    spec = get_method(method.removesuffix("_masked"))
     cfg = spec.config_cls(**(knobs or KNOBS)[method])
     return spec.build(tiny_vit(4), 4, cfg, BuildContext(None, CPU)).train()
 
@@ -91,7 +92,7 @@ def counting_compiler(monkeypatch):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("method", ["vpt_deep", "ship"])
+@pytest.mark.parametrize("method", ["vpt_deep", "ship", "ship_masked"])
 def test_a_compiled_run_compiles_once_and_the_next_run_not_at_all(method, counting_compiler):
     train_b, eval_b = _batches(20), _batches(11)  # batch 8: short last batches of 4 (train) and 3 (eval)
     cfg = TrainConfig(epochs=3, batch_size=8, eval_batch_size=8, warmup_epochs=1, lr=0.01, compile="true")
