@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 7's GPU targets in one prepared run for a lent GPU machine: the step limits add up to 545 s,
-# inside the device tool's 600 s per call (the time on a GPU has not been measured yet).
+# Issue 7's and 15's GPU targets in one prepared run for a lent GPU machine: the step limits add up to
+# 535 s, inside the device tool's 600 s per call (no GPU timing of this version yet).
 #
 # Meant for the device tool, which runs a copy of the working tree with a python3 that already
 # holds torch, timm, pandas, rich, PyYAML, scikit-learn and safetensors but cannot install
@@ -9,8 +9,8 @@
 #     bash benchmarks/gpu_targets.sh              # on the GPU machine; JSON lines go to $OUT (or ./gpu_out)
 #     QUICK=1 bash benchmarks/gpu_targets.sh      # the same steps at CPU size, to check the script itself
 #
-# Steps, each with its own time limit so that one slow step cannot eat the session (they add up to
-# 525 s; every step prints its JSON lines as it goes, so a step cut off by its limit keeps what it printed):
+# Steps, each with its own time limit so that one slow step cannot eat the session (525 s, plus 10 s
+# of summary; every step prints its JSON lines as it goes, so a step cut off by its limit keeps them):
 #   throughput_eager     60 s  train (batch 64, bf16) and inference (batch 256) img/s per method, eager, vs the
 #                              plain timm loop of the same run (ship = two SDPA calls, ship_masked = one call)
 #   throughput_compiled 150 s  the same compiled: torch.compile(timm model) as the baseline, the harness's
