@@ -333,7 +333,8 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     console.print(f"  trainable parameters: {info['trainable_params']:,} (classifier {info['head_params']:,})")
     console.print(f"  stored per task:      {info['stored_per_task_params']:,} (trainable + per-task buffers)")
     console.print(f"  total parameters:     {info['total_params']:,}")
-    console.print(f"  inference GFLOPs:     {info['gflops']:.2f} per image")
+    merged = f" (merged; {info['gflops_unmerged']:.2f} unmerged)" if info.get("merged") else ""
+    console.print(f"  inference GFLOPs:     {info['gflops']:.2f} per image{merged}")
     for note in info["notices"]:
         console.print(f"  note: {note}", markup=False)
     return 0

@@ -45,6 +45,15 @@ def stored_per_task(model: nn.Module, backbone: frozenset[int]) -> int:
     return sum(t.numel() for t in state if t.requires_grad or id(t) not in backbone)
 
 
+def inference_model(model: nn.Module) -> tuple[nn.Module, bool]:
+    """The model inference cost is measured on: its ``merge()`` (adaptation folded into plain
+    backbone weights, what a user deploys) when the method offers one, else the model itself."""
+    if hasattr(model, "merge"):
+        with torch.no_grad():
+            return model.merge(), True
+    return model, False
+
+
 @torch.no_grad()
 def inference_gflops(model: nn.Module, img_size: tuple[int, int], device: torch.device | str = "cpu") -> float:
     """GFLOPs for one image (2 × multiply-accumulates), matmuls inside attention included.
@@ -86,11 +95,12 @@ def throughput(step: Callable[[torch.Tensor, torch.Tensor], None], batch: int, i
 
 def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], Callable], img_size: tuple[int, int],
                        num_classes: int, device: torch.device, batch: int, steps: int, warmup: int,
-                       autocast: Callable) -> dict[str, float | None]:
-    """Training and inference images/s on a copy of the trained model (the result is untouched)."""
+                       autocast: Callable, inference: nn.Module | None = None) -> dict[str, float | None]:
+    """Training and inference images/s on copies of the trained model (the result is untouched);
+    inference on ``inference`` (e.g. the merged model) when given."""
     if steps <= 0:
         return {"train_img_per_s": None, "infer_img_per_s": None}
-    bench = copy.deepcopy(model)
+    bench = copy.deepcopy(model if inference is None else inference)
     bench.eval()
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -98,6 +108,8 @@ def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], 
             bench(x)
 
     infer_ips = throughput(infer, batch, img_size, num_classes, device, steps, warmup)
+    if inference is not None:
+        bench = copy.deepcopy(model)
     bench.train()
     train_ips = throughput(make_train_step(bench), batch, img_size, num_classes, device, steps, warmup)
     return {"train_img_per_s": train_ips, "infer_img_per_s": infer_ips}

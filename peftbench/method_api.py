@@ -11,6 +11,9 @@ and never branches on a method's name):
 - ``get_classifier()`` -> the classifier module (counted separately as head parameters);
 - ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
 - ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
+- ``merge()`` -> an ``nn.Module`` computing the same logits with the adaptation folded into plain
+  backbone weights (LoRA, SSF, ...); inference GFLOPs and images/s are then measured on it and
+  the record says ``metrics.merged: true``. The trained model itself is left untouched;
 - ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
   on features that do not change during training, the loop may compute them once.
 

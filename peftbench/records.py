@@ -9,7 +9,8 @@ Schema (``SCHEMA_VERSION``)::
     data     {root, folder, checksum, splits {name: size}, train_split, eval_split}
     metrics  {test_top1 | val_top1, trainable_params, stored_per_task_params, head_params, total_params, gflops,
               train_img_per_s, infer_img_per_s, peak_mem_bytes, peak_mem_kind, wall_s {phase: s},
-              final_train_loss, epochs_done}
+              final_train_loss, epochs_done, merged (gflops / infer_img_per_s measured on the
+              model with the adaptation folded into the backbone's weights)}
     method_info {...}                                   what the method chose (e.g. SHIP layers)
     provenance {versions {...}, git_commit, git_dirty, device, hostname, argv, worker, resumed_from_epoch}
 

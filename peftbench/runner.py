@@ -41,7 +41,15 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     run_id_of,
     suite_of,
 )
-from .measure import RunMemory, count_params, inference_gflops, measure_throughput, stored_per_task, tensor_ids
+from .measure import (
+    RunMemory,
+    count_params,
+    inference_gflops,
+    inference_model,
+    measure_throughput,
+    stored_per_task,
+    tensor_ids,
+)
 from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
@@ -129,7 +137,8 @@ def _measure(model: torch.nn.Module, task: TaskSpec, tcfg: TrainConfig, precisio
     metrics.update(measure_throughput(
         model, lambda m: make_step(m, make_optimizer(m, tcfg, device), tcfg, autocast, compiled),
         backbone.preprocess.img_size,
-        task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast))
+        task.num_classes, device, tcfg.bench_batch, tcfg.bench_steps, tcfg.bench_warmup, autocast,
+        inference=inference_model(model)[0] if metrics["merged"] else None))
     clock.stop("measure")
 
 
@@ -150,9 +159,11 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     t0 = time.perf_counter()
     model, ctx, stored = _build(spec, task, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
+    merged_model, merged = inference_model(model)
     metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
                                "compiled": effective_compile(tcfg, device),
-                               "gflops": inference_gflops(model, backbone.preprocess.img_size, device)}
+                               "merged": merged,
+                               "gflops": inference_gflops(merged_model, backbone.preprocess.img_size, device)}
     status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:
         resumed_from = _train_and_evaluate(model, batches, eval_split, seed, tcfg, precision, device, reporter,
@@ -447,11 +458,14 @@ def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str =
     ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
                        cache_dir=default_cache_dir())
     model = spec.build(vit, num_classes, mcfg, ctx)
+    merged_model, merged = inference_model(model)
     out = {"method": method, "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,
            "img_size": list(bb.preprocess.img_size), **count_params(model),
            "stored_per_task_params": stored_per_task(model, shared),
-           "gflops": inference_gflops(model, bb.preprocess.img_size), "config": resolved["method"],
-           "method_info": ctx.info, "notices": ctx.notices}
+           "gflops": inference_gflops(merged_model, bb.preprocess.img_size), "merged": merged,
+           "config": resolved["method"], "method_info": ctx.info, "notices": ctx.notices}
+    if merged:  # what the adaptation costs before it is folded in
+        out["gflops_unmerged"] = inference_gflops(model, bb.preprocess.img_size)
     return out
 
 

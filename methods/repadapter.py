@@ -1,0 +1,94 @@
+"""RepAdapter (Luo et al., 2023, arXiv 2302.08106): linear adapters that fold into the next projection.
+
+As the official ``repblock`` code (luogen1996/RepAdapter): in every block, after ``norm1`` (i.e.
+on the qkv projection's input) and after ``norm2`` (on fc1's input),
+``x -> x + s * B(dropout(A(x)))`` with ``A`` a dense D->r map (Xavier-uniform weight, zero bias),
+``B`` a *grouped* r->D map (2 groups, zero weight and bias), dropout 0.1, r=8. The official
+``s`` is searched per task (its configs use 0.1-10; default 1 here, searched by ``tune``). There
+is no non-linearity, so after training the adapter folds into the following projection exactly
+(official ``set_RepWeight``; here ``merge``). Differences: the official
+block skips layer scale (ViT-B has none: same function) and trains with drop-path 0.1, while
+here the frozen backbone runs in eval mode (no drop-path), as for every frozen-backbone method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like, replace
+from peftbench.errors import UsageError
+from peftbench.method_api import BuildContext
+from peftbench.registry import register_method
+
+
+@dataclass
+class RepAdapterConfig:
+    bottleneck: int = field(default=8, metadata={"help": "hidden width r of each adapter", "search": [4, 8, 16, 32]})
+    groups: int = field(default=2, metadata={"help": "groups of the up-projection B (divides r and the width)"})
+    scale: float = field(default=1.0, metadata={"help": "factor s on the adapter branch",
+                                                "search": [0.1, 1.0, 5.0, 10.0]})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between A and B", "search": [0.0, 0.1]})
+
+    def __post_init__(self) -> None:
+        if self.bottleneck < 1 or self.groups < 1 or self.bottleneck % self.groups:
+            raise UsageError(f"repadapter: bottleneck={self.bottleneck} must be a positive multiple of "
+                             f"groups={self.groups}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"repadapter.dropout={self.dropout}: must be in [0, 1)")
+
+
+class RepAdapterLinear(Adaptation):
+    """``linear(x + s * B(dropout(A(x))))``, ``B`` grouped; folds into one Linear."""
+
+    def __init__(self, linear: nn.Linear, cfg: RepAdapterConfig):
+        super().__init__()
+        dim, factory = linear.in_features, like(linear)
+        if dim % cfg.groups:
+            raise UsageError(f"repadapter.groups={cfg.groups} must divide the width {dim}")
+        self.base, self.groups, self.scale, self.dropout = linear, cfg.groups, cfg.scale, cfg.dropout
+        self.down = nn.Linear(dim, cfg.bottleneck, **factory)
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        # grouped up-projection: group g maps hidden[g] (r/groups) to output channels [g] (D/groups)
+        self.up_weight = nn.Parameter(torch.zeros(cfg.groups, dim // cfg.groups, cfg.bottleneck // cfg.groups,
+                                                  **factory))
+        self.up_bias = nn.Parameter(torch.zeros(dim, **factory))
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(self.down(x), self.dropout, self.training)
+        h = h.unflatten(-1, (self.groups, -1))
+        up = torch.einsum("...gi,goi->...go", h, self.up_weight).flatten(-2) + self.up_bias
+        return x + self.scale * up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(self.adapt(x))
+
+    def dense_up(self) -> torch.Tensor:
+        return torch.block_diag(*self.up_weight)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """The adapter is the affine map M x + c; the linear layer after it becomes W M, W c + b."""
+        eye = torch.eye(self.base.in_features, **like(self.base))
+        m = eye + self.scale * self.dense_up() @ self.down.weight
+        c = self.scale * (self.dense_up() @ self.down.bias + self.up_bias)
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=True, **like(self.base))
+        out.weight.copy_(self.base.weight @ m)
+        bias = self.base.bias if self.base.bias is not None else torch.zeros_like(out.bias)
+        out.bias.copy_(self.base.weight @ c + bias)
+        return out
+
+
+@register_method("repadapter", config=RepAdapterConfig,
+                 description="RepAdapter: linear adapters before attention and MLP that fold into them (mergeable)")
+def build_repadapter(backbone: nn.Module, num_classes: int, cfg: RepAdapterConfig, ctx: BuildContext
+                     ) -> nn.Module:
+    freeze_except_head(backbone)
+    for i, block in enumerate(backbone.blocks):
+        replace(backbone, f"blocks.{i}.attn.qkv", RepAdapterLinear(block.attn.qkv, cfg))
+        replace(backbone, f"blocks.{i}.mlp.fc1", RepAdapterLinear(block.mlp.fc1, cfg))
+    return MergeableViT(backbone)
