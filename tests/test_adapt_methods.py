@@ -1,0 +1,169 @@
+"""The weight-adapting methods (issue 13): parameter formulas, merging, train/eval modes, peft counts.
+
+Formulas are written out here from the papers' / official codes' definitions, independently of
+the plugins: D width, L depth, H MLP hidden width, C classes; the head (D*C + C) always trains.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from conftest import tiny_vit
+
+from peftbench.adapt import Adaptation
+from peftbench.config import build_dataclass
+from peftbench.measure import count_params
+from peftbench.registry import get_method
+
+C = 5
+
+
+def head(d: int, c: int) -> int:
+    return d * c + c
+
+
+def expected(method: str, knobs: dict, d: int, depth: int, hidden: int, c: int) -> int:
+    """Trainable parameters of each method on a standard timm ViT (qkv bias, LayerNorms, class token)."""
+    r = knobs.get("rank", knobs.get("bottleneck", 8))
+    chunks = hidden // d
+    per_block = {
+        "bitfit": 3 * d + d + hidden + d + 2 * d,  # biases of qkv, proj, fc1, fc2, norm1, norm2
+        "ln_tune": 4 * d,
+        "lora": 2 * (r * d + d * r),  # q and v: A (r x D) and B (D x r)
+        "adapter": (2 if knobs.get("placement", "houlsby") == "houlsby" else 1) * (d * r + r + r * d + d),
+        "adaptformer": d * r + r + r * d + d,
+        "ssf": 2 * (3 * d + d + hidden + d + d + d),  # after qkv, proj, fc1, fc2, norm1, norm2
+        "repadapter": 2 * (d * r + r + d * (r // 2) + d),  # two adapters: dense A, grouped B (2 groups)
+        "fact_tt": (3 + 1 + chunks + chunks) * r * r,  # one r x r core per D x D piece
+        "fact_tk": 0,
+    }
+    extra = {  # outside the blocks: patch embedding, final norm, shared factors
+        "bitfit": d + d, "ln_tune": 2 * d, "ssf": 2 * d + 2 * d,
+        "fact_tt": 2 * d * r, "fact_tk": 2 * d * r + r ** 3 + r * depth * (3 + 1 + 2 * chunks),
+    }
+    return depth * per_block.get(method, 0) + extra.get(method, 0) + head(d, c)
+
+
+CASES = [("bitfit", {}), ("ln_tune", {}), ("lora", {}), ("lora", {"rank": 4}), ("adapter", {}),
+         ("adapter", {"placement": "pfeiffer", "bottleneck": 4}), ("adaptformer", {}), ("ssf", {}),
+         ("repadapter", {}), ("fact", {}), ("fact", {"variant": "tk", "rank": 4})]
+
+
+def _key(method: str, knobs: dict) -> str:
+    return f"fact_{knobs.get('variant', 'tt')}" if method == "fact" else method
+
+
+def _build(method: str, knobs: dict | None = None, vit=None, num_classes: int = C):
+    spec = get_method(method)
+    cfg = build_dataclass(spec.config_cls, knobs or {}, method)
+    torch.manual_seed(0)
+    return spec.build(vit if vit is not None else tiny_vit(num_classes), num_classes, cfg, None)
+
+
+@pytest.mark.parametrize("method,knobs", CASES, ids=[f"{m}-{k}" for m, k in CASES])
+def test_trainable_count_formula_tiny_vit(method, knobs):
+    model = _build(method, knobs)
+    assert count_params(model)["trainable_params"] == expected(_key(method, knobs), knobs, 32, 2, 64, C)
+
+
+# ViT-B/16, 100 classes (what `peftbench inspect --num-classes 100` prints); built on the meta device
+VIT_B16 = {"bitfit": 179_812, "ln_tune": 115_300, "lora": 371_812, "adapter": 390_436, "adaptformer": 233_668,
+           "ssf": 282_724, "repadapter": 316_708, "fact": 98_404}
+
+
+@pytest.mark.parametrize("method", sorted(VIT_B16))
+def test_trainable_count_vit_b16(method):
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
+        got = count_params(_build(method, vit=vit, num_classes=100))["trainable_params"]
+    assert got == VIT_B16[method] == expected(_key(method, {}), {}, 768, 12, 3072, 100)
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Trained-looking weights: a fresh build's adaptation is (almost) the identity."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+MERGEABLE = [("lora", {}), ("lora", {"targets": "q,k,v"}), ("ssf", {}), ("repadapter", {}), ("fact", {}),
+             ("fact", {"variant": "tk", "rank": 4}), ("peft_lora", {}), ("peft_dora", {}), ("peft_ia3", {}),
+             ("peft_oft", {}), ("peft_boft", {}), ("peft_vera", {"r": 16}), ("peft_ln", {})]
+
+
+@pytest.mark.parametrize("method,knobs", MERGEABLE, ids=[f"{m}-{k}" for m, k in MERGEABLE])
+def test_merged_model_gives_the_same_logits(method, knobs):
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 32)
+    plain = tiny_vit(C).eval()(x)
+    model = _perturbed(_build(method, knobs))
+    with torch.no_grad():
+        logits = model(x)
+        merged = model.merge()
+        assert not any(isinstance(m, Adaptation) for m in merged.modules())
+        assert isinstance(merged, timm.models.VisionTransformer)
+        assert (logits - plain).abs().max() > 1e-2  # the adaptation does something, so merging matters
+        torch.testing.assert_close(merged(x), logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(x), logits, atol=0, rtol=0)  # merging left the model untouched
+
+
+@pytest.mark.parametrize("method", ["bitfit", "ln_tune", "adapter", "adaptformer"])
+def test_no_merge_hook_where_nothing_to_fold(method):
+    assert not hasattr(_build(method), "merge")
+
+
+def test_lora_leaves_the_key_slice_alone():
+    model = _perturbed(_build("lora"))
+    qkv = model.vit.blocks[0].attn.qkv
+    delta = model.merge().blocks[0].attn.qkv.weight - qkv.base.weight
+    d = qkv.base.in_features
+    assert delta[:d].abs().max() > 0 and delta[2 * d:].abs().max() > 0
+    assert torch.equal(delta[d:2 * d], torch.zeros_like(delta[d:2 * d]))
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "repadapter", "fact", "peft_lora"])
+def test_adapter_dropout_acts_in_training_backbone_stays_in_eval(method):
+    model = _perturbed(_build(method, {"lora_dropout": 0.5} if method == "peft_lora" else {}))
+    model.train()
+    assert not model.vit.blocks[0].training  # frozen backbone: eval mode (no drop-path), as VPT
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model(x), model(x))  # the method's own dropout (0.1 by default) acts
+    model.eval()
+    torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+
+
+PEFT = ["peft_lora", "peft_dora", "peft_ia3", "peft_oft", "peft_boft", "peft_vera", "peft_ln"]
+
+
+@pytest.mark.parametrize("method", PEFT)
+def test_peft_trainable_count_equals_peft_own(method):
+    model = _build(method, {"r": 16} if method == "peft_vera" else {})
+    trainable, _ = model.vit.get_nb_trainable_parameters()
+    assert count_params(model)["trainable_params"] == trainable
+    assert all(p.requires_grad for p in model.get_classifier().parameters())
+    assert trainable > head(32, C)
+
+
+def test_peft_knobs_reach_peft():
+    small, large = (_build("peft_lora", {"r": r}) for r in (2, 4))
+    grow = count_params(large)["trainable_params"] - count_params(small)["trainable_params"]
+    assert grow == 2 * 2 * (32 + 3 * 32)  # 2 blocks, 2 more ranks of A (r x D) and B (3D x r) on qkv
+
+
+def test_record_says_merged_and_measures_the_merged_model(vtab_root, tmp_path):
+    from peftbench.cli import main
+    from peftbench.records import load_records
+
+    out = tmp_path / "runs"
+    assert main(["run", "--suite", "vtab1k", "--backbone", "vit_tiny_patch16_224", "--weights", "none",
+                 "--img-size", "32", "--set", "epochs=1", "--set", "warmup_epochs=0", "--set", "bench_steps=1",
+                 "--set", "bench_warmup=0", "--no-report", "--methods", "linear,lora,adapter", "--tasks", "eurosat",
+                 "--data-root", str(vtab_root), "--out", str(out)]) == 0
+    metrics = {r["method"]: r["metrics"] for r in load_records(out)[0]}
+    assert metrics["lora"]["merged"] is True and metrics["adapter"]["merged"] is False
+    assert metrics["lora"]["gflops"] == pytest.approx(metrics["linear"]["gflops"])  # folded: the backbone's cost
+    assert metrics["adapter"]["gflops"] > metrics["linear"]["gflops"]
+    assert metrics["lora"]["infer_img_per_s"] > 0
