@@ -167,3 +167,48 @@ def test_record_says_merged_and_measures_the_merged_model(vtab_root, tmp_path):
     assert metrics["lora"]["gflops"] == pytest.approx(metrics["linear"]["gflops"])  # folded: the backbone's cost
     assert metrics["adapter"]["gflops"] > metrics["linear"]["gflops"]
     assert metrics["lora"]["infer_img_per_s"] > 0
+
+
+# ---- the official codes' equations, written out with the plugins' weights (eval mode) -----------
+
+def test_adaptformer_block_matches_official_equations():
+    model = _perturbed(_build("adaptformer"))
+    blk, x = model.vit.blocks[0], torch.randn(2, 17, 32)
+    wrap = blk.mlp  # official: x = x + attn(norm1(x)); x = x + mlp(norm2(x)) + s * up(relu(down(x)))
+    x1 = x + blk.attn(blk.norm1(x))
+    adapter = wrap.adapter
+    official = x1 + wrap.mlp(wrap.norm(x1)) + 0.1 * adapter.up(torch.relu(adapter.down(x1)))
+    torch.testing.assert_close(blk(x), official)
+
+
+def test_repadapter_matches_official_grouped_conv():
+    model = _perturbed(_build("repadapter"))
+    wrap, z = model.vit.blocks[1].mlp.fc1, torch.randn(2, 17, 32)
+    groups, r = 2, wrap.down.out_features
+    conv_a = torch.nn.Conv1d(32, r, 1)
+    conv_b = torch.nn.Conv1d(r, 32, 1, groups=groups)
+    with torch.no_grad():
+        conv_a.weight.copy_(wrap.down.weight[:, :, None])
+        conv_a.bias.copy_(wrap.down.bias)
+        conv_b.weight.copy_(wrap.up_weight.reshape(32, r // groups, 1))
+        conv_b.bias.copy_(wrap.up_bias)
+        adapted = (conv_b(conv_a(z.transpose(1, 2))) * 1.0 + z.transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(wrap(z), wrap.base(adapted))
+
+
+def test_fact_tt_matches_official_equations():
+    model = _perturbed(_build("fact", {"scale": 0.5}))
+    f, blk, s = model.fact, model.vit.blocks[1], 0.5
+    cores = f.cores[8:16]  # block 1 starts after block 0's 3 (qkv) + 1 (proj) + 2 (fc1) + 2 (fc2) cores
+    u, v = (lambda t: t @ f.u.t()), (lambda t: t @ f.v.t())
+    x, h = torch.randn(2, 17, 32), torch.randn(2, 17, 64)
+    with torch.no_grad():
+        q, k, vv = (v(u(x) @ cores[i].t()) for i in range(3))  # official q_FacTs, k_FacTs, v_FacTs
+        torch.testing.assert_close(blk.attn.qkv(x), blk.attn.qkv.base(x) + torch.cat([q, k, vv], -1) * s)
+        torch.testing.assert_close(blk.attn.proj(x), blk.attn.proj.base(x) + v(u(x) @ cores[3].t()) * s)
+        fc1_facts = torch.cat([cores[4], cores[5]], 0)  # Linear(r, 2r): chunk j's rows
+        delta = v((u(x) @ fc1_facts.t()).unflatten(-1, (2, -1))).flatten(-2)
+        torch.testing.assert_close(blk.mlp.fc1(x), blk.mlp.fc1.base(x) + delta * s)
+        fc2_facts = torch.cat([cores[6], cores[7]], 1)  # Linear(2r, r): chunk j's columns
+        delta = v(u(h.unflatten(-1, (2, -1))).flatten(-2) @ fc2_facts.t())
+        torch.testing.assert_close(blk.mlp.fc2(h), blk.mlp.fc2.base(h) + delta * s)
