@@ -6,9 +6,11 @@ on the qkv projection's input) and after ``norm2`` (on fc1's input),
 ``B`` a *grouped* r->D map (2 groups, zero weight and bias), dropout 0.1, r=8. The official
 ``s`` is searched per task (its configs use 0.1-10; default 1 here, searched by ``tune``). There
 is no non-linearity, so after training the adapter folds into the following projection exactly
-(official ``set_RepWeight``; here ``merge``). Differences: the official
-block skips layer scale (ViT-B has none: same function) and trains with drop-path 0.1, while
-here the frozen backbone runs in eval mode (no drop-path), as for every frozen-backbone method.
+(official ``set_RepWeight``; here ``merge``). The official training adds a sparsity penalty
+``lambda * (||W_B||_2 + ||b_B||_2)`` per adapter (``--sparse_lambda``, default 1); here
+``sparse_lambda`` does the same through the ``aux_loss`` hook. Differences: the official block
+skips layer scale (ViT-B has none: same function) and trains with drop-path 0.1, while here the
+frozen backbone runs in eval mode (no drop-path), as for every frozen-backbone method.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class RepAdapterConfig:
     scale: float = field(default=1.0, metadata={"help": "factor s on the adapter branch",
                                                 "search": [0.1, 1.0, 5.0, 10.0]})
     dropout: float = field(default=0.1, metadata={"help": "dropout between A and B", "search": [0.0, 0.1]})
+    sparse_lambda: float = field(default=1.0, metadata={
+        "help": "weight of the official sparsity penalty on B (sum of L2 norms of its weight and bias)",
+        "search": [0.0, 0.1, 1.0]})
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1 or self.groups < 1 or self.bottleneck % self.groups:
@@ -39,6 +44,8 @@ class RepAdapterConfig:
                              f"groups={self.groups}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"repadapter.dropout={self.dropout}: must be in [0, 1)")
+        if self.sparse_lambda < 0:
+            raise UsageError(f"repadapter.sparse_lambda={self.sparse_lambda}: must be non-negative")
 
 
 class RepAdapterLinear(Adaptation):
@@ -83,6 +90,20 @@ class RepAdapterLinear(Adaptation):
         return out
 
 
+class RepAdapterViT(MergeableViT):
+    def __init__(self, vit: nn.Module, sparse_lambda: float):
+        super().__init__(vit)
+        self.sparse_lambda = sparse_lambda
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The official sparsity penalty on every up-projection (computed from the weights, no graph kept)."""
+        if not self.training or self.sparse_lambda == 0:
+            return None
+        norms = [torch.linalg.vector_norm(t) for m in self.vit.modules() if isinstance(m, RepAdapterLinear)
+                 for t in (m.up_weight, m.up_bias)]
+        return self.sparse_lambda * torch.stack(norms).sum()
+
+
 @register_method("repadapter", config=RepAdapterConfig,
                  description="RepAdapter: linear adapters before attention and MLP that fold into them (mergeable)")
 def build_repadapter(backbone: nn.Module, num_classes: int, cfg: RepAdapterConfig, ctx: BuildContext
@@ -91,4 +112,4 @@ def build_repadapter(backbone: nn.Module, num_classes: int, cfg: RepAdapterConfi
     for i, block in enumerate(backbone.blocks):
         replace(backbone, f"blocks.{i}.attn.qkv", RepAdapterLinear(block.attn.qkv, cfg))
         replace(backbone, f"blocks.{i}.mlp.fc1", RepAdapterLinear(block.mlp.fc1, cfg))
-    return MergeableViT(backbone)
+    return RepAdapterViT(backbone, cfg.sparse_lambda)

@@ -212,3 +212,11 @@ def test_fact_tt_matches_official_equations():
         fc2_facts = torch.cat([cores[6], cores[7]], 1)  # Linear(2r, r): chunk j's columns
         delta = v(u(h.unflatten(-1, (2, -1))).flatten(-2) @ fc2_facts.t())
         torch.testing.assert_close(blk.mlp.fc2(h), blk.mlp.fc2.base(h) + delta * s)
+
+
+def test_repadapter_sparsity_penalty_as_official():
+    model = _perturbed(_build("repadapter", {"sparse_lambda": 0.5})).train()
+    wraps = [b.attn.qkv for b in model.vit.blocks] + [b.mlp.fc1 for b in model.vit.blocks]
+    official = 0.5 * sum(torch.norm(w.up_weight, p=2) + torch.norm(w.up_bias, p=2) for w in wraps)
+    torch.testing.assert_close(model.aux_loss(), official)
+    assert model.eval().aux_loss() is None
