@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftbench.adapt import Adaptation, AdaptedViT, Bottleneck, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, AdaptedViT, Bottleneck, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -68,5 +68,5 @@ def build_adapter(backbone: nn.Module, num_classes: int, cfg: AdapterConfig, ctx
     for i, block in enumerate(backbone.blocks):
         for name in PLACEMENTS[cfg.placement]:
             adapter = Bottleneck(dim, cfg.bottleneck, cfg.scale, cfg.dropout, cfg.activation, like(block))
-            replace(backbone, f"blocks.{i}.{name}", SequentialAdapter(getattr(block, name), adapter))
+            backbone.set_submodule(f"blocks.{i}.{name}", SequentialAdapter(getattr(block, name), adapter))
     return AdaptedViT(backbone)

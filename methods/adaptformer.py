@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftbench.adapt import Adaptation, AdaptedViT, Bottleneck, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, AdaptedViT, Bottleneck, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -60,6 +60,6 @@ def build_adaptformer(backbone: nn.Module, num_classes: int, cfg: AdaptFormerCon
     freeze_except_head(backbone)
     for i, block in enumerate(backbone.blocks):
         adapter = Bottleneck(backbone.embed_dim, cfg.bottleneck, cfg.scale, cfg.dropout, "relu", like(block))
-        replace(backbone, f"blocks.{i}.mlp", ParallelAdapterMLP(block.norm2, block.mlp, adapter))
-        replace(backbone, f"blocks.{i}.norm2", nn.Identity())
+        backbone.set_submodule(f"blocks.{i}.mlp", ParallelAdapterMLP(block.norm2, block.mlp, adapter))
+        backbone.set_submodule(f"blocks.{i}.norm2", nn.Identity())
     return AdaptedViT(backbone)

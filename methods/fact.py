@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -142,6 +142,6 @@ def build_fact(backbone: nn.Module, num_classes: int, cfg: FacTConfig, ctx: Buil
     start = 0
     for name, n_out, n_in in layout:
         linear = backbone.get_submodule(name)
-        replace(backbone, name, FacTLinear(linear, factors, start, n_out, n_in, cfg.scale, cfg.dropout))
+        backbone.set_submodule(name, FacTLinear(linear, factors, start, n_out, n_in, cfg.scale, cfg.dropout))
         start += n_out * n_in
     return FacTViT(backbone, factors)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -93,6 +93,6 @@ class LoRAQKV(Adaptation):
 def build_lora(backbone: nn.Module, num_classes: int, cfg: LoRAConfig, ctx: BuildContext) -> nn.Module:
     freeze_except_head(backbone)
     for i, block in enumerate(backbone.blocks):
-        replace(backbone, f"blocks.{i}.attn.qkv",
+        backbone.set_submodule(f"blocks.{i}.attn.qkv",
                 LoRAQKV(block.attn.qkv, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout))
     return MergeableViT(backbone)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -110,6 +110,6 @@ def build_repadapter(backbone: nn.Module, num_classes: int, cfg: RepAdapterConfi
                      ) -> nn.Module:
     freeze_except_head(backbone)
     for i, block in enumerate(backbone.blocks):
-        replace(backbone, f"blocks.{i}.attn.qkv", RepAdapterLinear(block.attn.qkv, cfg))
-        replace(backbone, f"blocks.{i}.mlp.fc1", RepAdapterLinear(block.mlp.fc1, cfg))
+        backbone.set_submodule(f"blocks.{i}.attn.qkv", RepAdapterLinear(block.attn.qkv, cfg))
+        backbone.set_submodule(f"blocks.{i}.mlp.fc1", RepAdapterLinear(block.mlp.fc1, cfg))
     return RepAdapterViT(backbone, cfg.sparse_lambda)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like, replace
+from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.registry import register_method
@@ -75,5 +75,5 @@ def build_ssf(backbone: nn.Module, num_classes: int, cfg: SSFConfig, ctx: BuildC
     head = backbone.get_classifier()
     targets = [name for name, m in backbone.named_modules() if isinstance(m, WRAPPED) and m is not head]
     for name in targets:
-        replace(backbone, name, ScaleShift(backbone.get_submodule(name), cfg.init_std))
+        backbone.set_submodule(name, ScaleShift(backbone.get_submodule(name), cfg.init_std))
     return MergeableViT(backbone)

@@ -40,10 +40,6 @@ def like(module: nn.Module) -> dict:
     return {"dtype": p.dtype, "device": p.device}
 
 
-def replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    root.set_submodule(name, new)
-
-
 class Adaptation(nn.Module):
     """A module a method adds inside the backbone (a wrapper, an adapter).
 
@@ -80,7 +76,7 @@ def merge_wrappers(vit: nn.Module) -> nn.Module:
     done: list[str] = []
     for name, module in list(out.named_modules()):
         if isinstance(module, Mergeable) and not any(name.startswith(d + ".") for d in done):
-            replace(out, name, module.merged())
+            out.set_submodule(name, module.merged())
             done.append(name)
     for p in out.parameters():
         p.requires_grad_(False)
@@ -106,7 +102,7 @@ class Bottleneck(Adaptation):
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
-        self.activation = {"relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}[activation]
+        self.activation = {"relu": F.relu, "gelu": F.gelu}[activation]
         self.scale, self.dropout = scale, dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -220,3 +220,15 @@ def test_repadapter_sparsity_penalty_as_official():
     official = 0.5 * sum(torch.norm(w.up_weight, p=2) + torch.norm(w.up_bias, p=2) for w in wraps)
     torch.testing.assert_close(model.aux_loss(), official)
     assert model.eval().aux_loss() is None
+
+
+def test_fact_tk_attention_matches_official_equations():
+    model = _perturbed(_build("fact", {"variant": "tk", "rank": 4, "scale": 0.5}))
+    f, blk = model.fact, model.vit.blocks[1]
+    mixed = f.core @ f.coef[:, 8:12]  # official FacTc @ FacTp[:, idx:idx + 4], idx = 8 after block 0
+    u, v = (lambda t: t @ f.u.t()), (lambda t: t @ f.v.t())
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        q, k, vv = (v(u(x) @ mixed[:, :, i]) for i in range(3))
+        torch.testing.assert_close(blk.attn.qkv(x), blk.attn.qkv.base(x) + torch.cat([q, k, vv], -1) * 0.5)
+        torch.testing.assert_close(blk.attn.proj(x), blk.attn.proj.base(x) + v(u(x) @ mixed[:, :, 3]) * 0.5)
