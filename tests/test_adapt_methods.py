@@ -232,3 +232,15 @@ def test_fact_tk_attention_matches_official_equations():
         q, k, vv = (v(u(x) @ mixed[:, :, i]) for i in range(3))
         torch.testing.assert_close(blk.attn.qkv(x), blk.attn.qkv.base(x) + torch.cat([q, k, vv], -1) * 0.5)
         torch.testing.assert_close(blk.attn.proj(x), blk.attn.proj.base(x) + v(u(x) @ mixed[:, :, 3]) * 0.5)
+
+
+def test_listing_methods_does_not_import_peft():
+    """peft imports transformers (seconds): only building a peft_* method may pay for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from peftbench.cli import main; rc = main(['methods']); "
+            "print('rc', rc, 'heavy', sorted(m for m in ('peft', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "rc 0 heavy []", out.stdout + out.stderr
+    assert "peft_lora" in out.stdout and "fact.variant" in out.stdout
