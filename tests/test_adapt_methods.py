@@ -244,3 +244,18 @@ def test_listing_methods_does_not_import_peft():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "rc 0 heavy []", out.stdout + out.stderr
     assert "peft_lora" in out.stdout and "fact.variant" in out.stdout
+
+
+def test_inspect_shows_merged_cost_and_peft_knobs_from_the_command_line(capsys):
+    import json
+
+    from peftbench.cli import main
+
+    tiny = ["--backbone", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32", "--num-classes", "5"]
+    assert main(["inspect", "--method", "lora", *tiny]) == 0
+    assert "(merged; " in capsys.readouterr().out
+    assert main(["inspect", "--method", "peft_lora", "--set", "peft_lora.r=2", "--json", *tiny]) == 0
+    info = json.loads(capsys.readouterr().out)
+    d, depth = 192, 12  # vit_tiny: width 192, 12 blocks; LoRA on the fused qkv: A (r x D), B (3D x r)
+    assert info["merged"] and info["trainable_params"] == depth * 2 * (d + 3 * d) + head(d, 5)
+    assert info["gflops"] < info["gflops_unmerged"]
