@@ -35,7 +35,7 @@ class AdapterConfig:
     scale: float = field(default=1.0, metadata={"help": "factor s on the adapter's output",
                                                 "search": [0.1, 1.0, 10.0]})
     dropout: float = field(default=0.0, metadata={"help": "dropout inside the adapter", "search": [0.0, 0.1]})
-    activation: str = field(default="relu", metadata={"help": "relu or gelu"})
+    activation: str = field(default="relu", metadata={"help": "relu or gelu", "search": ["relu", "gelu"]})
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1:

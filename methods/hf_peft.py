@@ -62,9 +62,11 @@ class PeftIA3Config:
 class PeftOFTConfig:
     oft_block_size: int = field(default=32, metadata={
         "help": "size of the orthogonal blocks (divides the targets' input width)", "search": [8, 16, 32, 64]})
-    module_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks"})
-    coft: bool = field(default=False, metadata={"help": "constrained OFT"})
-    block_share: bool = field(default=False, metadata={"help": "share one block within a layer"})
+    module_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks",
+                                                                "search": [0.0, 0.1]})
+    coft: bool = field(default=False, metadata={"help": "constrained OFT", "search": [False, True]})
+    block_share: bool = field(default=False, metadata={"help": "share one block within a layer",
+                                                          "search": [False, True]})
     target_modules: tuple[str, ...] = _targets(("qkv",))
 
 
@@ -72,7 +74,8 @@ class PeftOFTConfig:
 class PeftBOFTConfig:
     boft_block_size: int = field(default=4, metadata={"help": "butterfly block size", "search": [2, 4, 8, 16]})
     boft_n_butterfly_factor: int = field(default=1, metadata={"help": "butterfly factors", "search": [1, 2]})
-    boft_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks"})
+    boft_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks",
+                                                              "search": [0.0, 0.1]})
     target_modules: tuple[str, ...] = _targets(("qkv",))
 
 
@@ -80,7 +83,8 @@ class PeftBOFTConfig:
 class PeftVeraConfig:
     r: int = field(default=256, metadata={"help": "rank of the shared frozen random projections",
                                           "search": [64, 128, 256, 512]})
-    vera_dropout: float = field(default=0.0, metadata={"help": "dropout on the VeRA input"})
+    vera_dropout: float = field(default=0.0, metadata={"help": "dropout on the VeRA input",
+                                                              "search": [0.0, 0.1]})
     target_modules: tuple[str, ...] = _targets(("qkv",))
 
 

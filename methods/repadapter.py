@@ -30,7 +30,8 @@ from peftbench.registry import register_method
 @dataclass
 class RepAdapterConfig:
     bottleneck: int = field(default=8, metadata={"help": "hidden width r of each adapter", "search": [4, 8, 16, 32]})
-    groups: int = field(default=2, metadata={"help": "groups of the up-projection B (divides r and the width)"})
+    groups: int = field(default=2, metadata={"help": "groups of the up-projection B (divides r and the width)",
+                                          "search": [1, 2, 4]})
     scale: float = field(default=1.0, metadata={"help": "factor s on the adapter branch",
                                                 "search": [0.1, 1.0, 5.0, 10.0]})
     dropout: float = field(default=0.1, metadata={"help": "dropout between A and B", "search": [0.0, 0.1]})

@@ -259,3 +259,21 @@ def test_inspect_shows_merged_cost_and_peft_knobs_from_the_command_line(capsys):
     d, depth = 192, 12  # vit_tiny: width 192, 12 blocks; LoRA on the fused qkv: A (r x D), B (3D x r)
     assert info["merged"] and info["trainable_params"] == depth * 2 * (d + 3 * d) + head(d, 5)
     assert info["gflops"] < info["gflops_unmerged"]
+
+
+NEW = ["bitfit", "ln_tune", "lora", "adapter", "adaptformer", "ssf", "fact", "repadapter", *PEFT]
+NOT_SEARCHED = {"target_modules", "feedforward_modules", "use_dora"}  # what to adapt: the method's identity
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_every_knob_has_help_and_a_valid_search_space(method):
+    import dataclasses
+
+    spec = get_method(method)
+    for f in dataclasses.fields(spec.config_cls):
+        assert f.metadata.get("help"), f"{method}.{f.name} has no help text"
+        if f.name in NOT_SEARCHED:
+            continue
+        assert f.metadata.get("search"), f"{method}.{f.name} has no search list for `peftbench tune`"
+        for value in f.metadata["search"]:
+            build_dataclass(spec.config_cls, {f.name: value}, method)  # every value is a valid setting
