@@ -2,8 +2,9 @@
 
 A sequential adapter ``h -> h + s * up(act(down(h)))`` follows a sub-layer's output, before the
 block's residual addition. ``placement="houlsby"`` puts one after the attention output projection
-and one after the MLP (the default, as in the V-PETL benchmark's Adapter); ``"pfeiffer"`` keeps
-only the one after the MLP. Bottleneck 8 as in the VTAB-1k tables of NOAH / V-PETL. The
+and one after the MLP (the default); ``"pfeiffer"`` keeps only the one after the MLP. Bottleneck
+8 by default: on ViT-B/16 that adds 2 * L * (2 * D * r + r + D) = 313,536 parameters (Houlsby)
+or 156,768 (Pfeiffer), plus the head. The
 up-projection starts at zero, so training starts from the pre-trained model (Houlsby's
 near-identity initialisation); the down-projection's init, the ReLU and scale 1 follow
 AdaptFormer's adapter module (``init_option="lora"``). Not compared line by line with the NOAH or

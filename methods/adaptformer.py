@@ -4,8 +4,8 @@ Per block: ``x + mlp(norm2(x)) + s * up(dropout(relu(down(x))))``: like the offi
 (ShoufaChen/AdaptFormer, ``ffn_option="parallel"``, ``ffn_adapter_layernorm_option="none"``,
 ``init_option="lora"``) the adapter reads the block's pre-norm input ``x``, the down-projection is
 Kaiming-uniform (a=sqrt(5)) with zero bias, the up-projection and its bias start at zero, dropout
-0.1 sits after the ReLU, and s=0.1. Bottleneck 8 is the VTAB-1k setting of NOAH / V-PETL (the
-official code's image default is 64). Differences: the official block scales nothing by layer
+0.1 sits after the ReLU, and s=0.1. Bottleneck 8 (156,768 parameters on ViT-B/16 plus the
+head), the size commonly used in VTAB-1k comparisons; the official code's image default is 64. Differences: the official block scales nothing by layer
 scale (ViT-B has none, so the same here) and applies drop-path to the MLP branch only, while
 here the backbone stays in eval mode (no drop-path), as for every frozen-backbone method.
 

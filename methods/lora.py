@@ -5,9 +5,9 @@ rank-r update ``(alpha/r) * B A`` to the q and v row-slices only (``targets`` pi
 so k stays exactly pre-trained. ``A`` is Kaiming-uniform (a=sqrt(5)) and ``B`` zero, as in the
 LoRA reference code (microsoft/LoRA ``loralib``), so training starts from the pre-trained model.
 Defaults r=8, alpha=8 (scale 1), no dropout. After training the update folds into the qkv weight
-(``merge``), so inference costs exactly the backbone's. Not compared line by line with NOAH's
-code (its LoRA lives inside the NAS supernet); the trainable count (2·2·r·D per block) matches
-the 0.29 M (+head) reported for ViT-B/16 in NOAH's table.
+(``merge``), so inference costs exactly the backbone's. Not compared line by line with the NOAH
+or V-PETL code (not read for this plugin); on ViT-B/16 the update adds 2 * 2 * r * D per block,
+294,912 parameters (0.29 M) plus the head.
 """
 
 from __future__ import annotations
