@@ -277,3 +277,18 @@ def test_every_knob_has_help_and_a_valid_search_space(method):
         assert f.metadata.get("search"), f"{method}.{f.name} has no search list for `peftbench tune`"
         for value in f.metadata["search"]:
             build_dataclass(spec.config_cls, {f.name: value}, method)  # every value is a valid setting
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["--set", "peft_lora.r=0"], "peft_lora: peft rejected the configuration: `r` should be a positive"),
+    (["--set", "peft_lora.target_modules=nothing"], "peft_lora.target_modules=nothing: no module"),
+    (["--set", "lora.targets=q,x"], "lora.targets=q,x: give distinct slices among q, k, v"),
+])
+def test_bad_method_settings_one_clear_error(capsys, sets, match):
+    from peftbench.cli import main
+
+    method = sets[1].split(".")[0]
+    code = main(["inspect", "--method", method, "--backbone", "vit_tiny_patch16_224", "--weights", "none",
+                 "--img-size", "32", "--num-classes", "5", *sets])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("error: ") and match in err and "Traceback" not in err, err
