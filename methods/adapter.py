@@ -4,11 +4,11 @@ A sequential adapter ``h -> h + s * up(act(down(h)))`` follows a sub-layer's out
 block's residual addition. ``placement="houlsby"`` puts one after the attention output projection
 and one after the MLP (the default); ``"pfeiffer"`` keeps only the one after the MLP. Bottleneck
 8 by default: on ViT-B/16 that adds 2 * L * (2 * D * r + r + D) = 313,536 parameters (Houlsby)
-or 156,768 (Pfeiffer), plus the head. The
-up-projection starts at zero, so training starts from the pre-trained model (Houlsby's
-near-identity initialisation); the down-projection's init, the ReLU and scale 1 follow
-AdaptFormer's adapter module (``init_option="lora"``). Not compared line by line with the NOAH or
-V-PETL code (not read for this plugin). The non-linearity makes the adapter unmergeable.
+or 156,768 (Pfeiffer), plus the head. The up-projection starts at zero, so training starts from
+the pre-trained model (Houlsby's near-identity initialisation); the down-projection's init, the
+ReLU and scale 1 follow AdaptFormer's adapter module (``init_option="lora"``). Not compared line
+by line with the NOAH or V-PETL code (not read for this plugin). The non-linearity makes the
+adapter unmergeable.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Per block: ``x + mlp(norm2(x)) + s * up(dropout(relu(down(x))))``: like the offi
 ``init_option="lora"``) the adapter reads the block's pre-norm input ``x``, the down-projection is
 Kaiming-uniform (a=sqrt(5)) with zero bias, the up-projection and its bias start at zero, dropout
 0.1 sits after the ReLU, and s=0.1. Bottleneck 8 (156,768 parameters on ViT-B/16 plus the
-head), the size commonly used in VTAB-1k comparisons; the official code's image default is 64. Differences: the official block scales nothing by layer
-scale (ViT-B has none, so the same here) and applies drop-path to the MLP branch only, while
-here the backbone stays in eval mode (no drop-path), as for every frozen-backbone method.
+head), the size commonly used in VTAB-1k comparisons; the official code's image default is 64.
+Differences: the official block has no layer scale (ViT-B has none, so the same function here)
+and applies drop-path to the MLP branch only, while here the backbone stays in eval mode (no
+drop-path), as for every frozen-backbone method.
 
 The wrapper replaces the block's ``mlp`` and moves ``norm2`` inside it (``norm2`` becomes an
 identity), so timm's own block forward computes the parallel sum.

@@ -8,7 +8,7 @@ on the qkv projection's input) and after ``norm2`` (on fc1's input),
 is no non-linearity, so after training the adapter folds into the following projection exactly
 (official ``set_RepWeight``; here ``merge``). The official training adds a sparsity penalty
 ``lambda * (||W_B||_2 + ||b_B||_2)`` per adapter (``--sparse_lambda``, default 1); here
-``sparse_lambda`` does the same through the ``aux_loss`` hook. Differences: the official block
+``sparse_lambda`` does the same as the auxiliary loss of the training forward. Differences: the official block
 skips layer scale (ViT-B has none: same function) and trains with drop-path 0.1, while here the
 frozen backbone runs in eval mode (no drop-path), as for every frozen-backbone method.
 """
@@ -23,7 +23,7 @@ from torch import nn
 
 from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext
+from peftbench.method_api import BuildContext, MethodOutput
 from peftbench.registry import register_method
 
 
@@ -96,10 +96,14 @@ class RepAdapterViT(MergeableViT):
         super().__init__(vit)
         self.sparse_lambda = sparse_lambda
 
-    def aux_loss(self) -> torch.Tensor | None:
-        """The official sparsity penalty on every up-projection (computed from the weights, no graph kept)."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor | MethodOutput:
+        logits = self.vit(images)
         if not self.training or self.sparse_lambda == 0:
-            return None
+            return logits
+        return MethodOutput(logits, self.sparsity_loss())
+
+    def sparsity_loss(self) -> torch.Tensor:
+        """The official penalty: lambda times the L2 norms of every up-projection's weight and bias."""
         norms = [torch.linalg.vector_norm(t) for m in self.vit.modules() if isinstance(m, RepAdapterLinear)
                  for t in (m.up_weight, m.up_bias)]
         return self.sparse_lambda * torch.stack(norms).sum()

@@ -14,6 +14,7 @@ from conftest import tiny_vit
 from peftbench.adapt import Adaptation
 from peftbench.config import build_dataclass
 from peftbench.measure import count_params
+from peftbench.method_api import split_output
 from peftbench.registry import get_method
 
 C = 5
@@ -130,7 +131,8 @@ def test_adapter_dropout_acts_in_training_backbone_stays_in_eval(method):
     model.train()
     assert not model.vit.blocks[0].training  # frozen backbone: eval mode (no drop-path), as VPT
     x = torch.randn(2, 3, 32, 32)
-    assert not torch.equal(model(x), model(x))  # the method's own dropout (0.1 by default) acts
+    logits = [split_output(model(x))[0] for _ in range(2)]
+    assert not torch.equal(*logits)  # the method's own dropout (0.1 by default) acts
     model.eval()
     torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
 
@@ -215,11 +217,13 @@ def test_fact_tt_matches_official_equations():
 
 
 def test_repadapter_sparsity_penalty_as_official():
-    model = _perturbed(_build("repadapter", {"sparse_lambda": 0.5})).train()
+    model = _perturbed(_build("repadapter", {"sparse_lambda": 0.5, "dropout": 0.0})).train()
     wraps = [b.attn.qkv for b in model.vit.blocks] + [b.mlp.fc1 for b in model.vit.blocks]
     official = 0.5 * sum(torch.norm(w.up_weight, p=2) + torch.norm(w.up_bias, p=2) for w in wraps)
-    torch.testing.assert_close(model.aux_loss(), official)
-    assert model.eval().aux_loss() is None
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    torch.testing.assert_close(out.aux_loss, official)
+    torch.testing.assert_close(model.eval()(x), out.logits)  # evaluation: the logits alone
 
 
 def test_fact_tk_attention_matches_official_equations():
