@@ -163,4 +163,4 @@ PEFT_METHODS = {
 }
 
 for _name, (_cls, _config, _description) in PEFT_METHODS.items():
-    register_method(_name, config=_config, description=_description)(_peft_builder(_name, _cls))
+    register_method(_name, config=_config, description=_description, family="peft")(_peft_builder(_name, _cls))

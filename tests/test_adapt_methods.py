@@ -296,3 +296,9 @@ def test_bad_method_settings_one_clear_error(capsys, sets, match):
                  "--img-size", "32", "--num-classes", "5", *sets])
     err = capsys.readouterr().err.strip()
     assert code != 0 and err.startswith("error: ") and match in err and "Traceback" not in err, err
+
+
+def test_peft_methods_form_the_peft_family():
+    from peftbench.registry import expand_methods
+
+    assert expand_methods(["peft"]) == sorted(PEFT)
