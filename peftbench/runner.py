@@ -46,6 +46,7 @@ from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, expand_methods, get_method
+from .status import write_manifest
 from .train import (
     Diverged,
     autocast_factory,
@@ -296,6 +297,7 @@ def _job(task: TaskSpec, spec: MethodSpec, seed: int, config: tuple[TrainConfig,
 def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResult:
     reporter = reporter or Reporter()
     plan = plan_sweep(req, reporter)
+    write_manifest(plan.out, {job.run_id: job.label for job in plan.jobs}, req.claim_timeout)  # `peftbench status`
     claims = Claims(plan.out, req.worker_id, req.claim_timeout)
     prov = {**provenance(plan.device), "worker": claims.worker}
     reporter.sweep(len(plan.jobs))
