@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-time", default=None, metavar="TIME",
                    help="time limit per array element, in sbatch's format (e.g. 12:00:00, 2-00:00:00; default: "
                         "the partition's)")
-    g.add_argument("--slurm-gpus-per-job", type=int, default=1, metavar="N",
+    g.add_argument("--slurm-gpus-per-job", type=int, default=None, metavar="N",
                    help="GPUs per array element (default 1; 0 for CPU-only jobs)")
     g.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N",
                    help="at most N elements run at once (default: all --jobs)")
@@ -79,10 +80,15 @@ def check_launcher_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
-    if args.slurm_gpus_per_job < 0:
+    device = getattr(args, "device", "auto")
+    if launcher == "local" and device not in ("auto", "cuda", "cuda:0", "cpu"):
+        raise UsageError(f"--device {device} with --launcher local: each worker sees only its own GPU (as cuda:0); "
+                         "leave --device auto, or set CUDA_VISIBLE_DEVICES to the GPUs the workers may use")
+    if (args.slurm_gpus_per_job or 0) < 0:
         raise UsageError(f"--slurm-gpus-per-job {args.slurm_gpus_per_job}: must be 0 or more")
-    slurm_flags = [a for a in ("slurm_partition", "slurm_time", "slurm_array_parallelism", "slurm_account",
-                               "slurm_qos") if getattr(args, a) is not None] + (["slurm_arg"] if args.slurm_arg else [])
+    slurm_flags = [a for a in ("slurm_partition", "slurm_time", "slurm_gpus_per_job", "slurm_array_parallelism",
+                               "slurm_account", "slurm_qos") if getattr(args, a) is not None]
+    slurm_flags += ["slurm_arg"] if args.slurm_arg else []
     if slurm_flags and launcher != "slurm":
         raise UsageError(f"--{slurm_flags[0].replace('_', '-')} needs --launcher slurm")
     slurm_args(args.slurm_arg)
@@ -147,7 +153,7 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
             f"CPU, {extra['OMP_NUM_THREADS']} thread(s)"
         note(f"local worker {i}: pid {procs[-1].pid}, {where}, log {logs / f'worker{i}.log'}")
     try:
-        codes = [p.wait() for p in procs]
+        codes = _wait_reporting(procs, out, note)
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:
@@ -159,6 +165,24 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
         if code != 0:
             note(f"local worker {i} exited with code {code}; see {logs / f'worker{i}.log'}")
     return max((abs(c) for c in codes), default=0)
+
+
+def _wait_reporting(procs: list[subprocess.Popen], out: Path, note: Callable[[str], None],
+                    every: float = 5.0) -> list[int]:
+    """Wait for every worker; meanwhile, every few seconds, one line of counts if the sweep's state changed."""
+    from .status import sweep_status
+
+    last, checked = None, 0.0
+    while any(p.poll() is None for p in procs):
+        if time.monotonic() - checked >= every:
+            checked = time.monotonic()
+            counts = sweep_status(out)["counts"]
+            line = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+            if line and line != last:
+                note(f"status: {line}")
+                last = line
+        time.sleep(0.2)
+    return [p.returncode for p in procs]
 
 
 # --- Slurm --------------------------------------------------------------------------------------------------------
@@ -190,10 +214,11 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
     extra = slurm_args(args.slurm_arg)
     if args.slurm_time is not None:
         extra.setdefault("time", args.slurm_time)  # sbatch parses its own formats
+    gpus = 1 if args.slurm_gpus_per_job is None else args.slurm_gpus_per_job
     executor.update_parameters(
         job_name="peftbench", time=None, partition=args.slurm_partition, account=args.slurm_account,
-        qos=args.slurm_qos, gpus_per_node=args.slurm_gpus_per_job or None, cpus_per_task=None,
-        array_parallelism=args.slurm_array_parallelism or jobs, additional_parameters=extra)
+        qos=args.slurm_qos, gpus_per_node=gpus or None, array_parallelism=args.slurm_array_parallelism or jobs,
+        additional_parameters=extra)
     try:
         array = executor.map_array(run_worker, [wargv] * jobs, [os.getcwd()] * jobs)
     except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as exc:
@@ -212,6 +237,9 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
     for job in array:
         try:
             code = max(code, int(job.result() or 0))
+        except KeyboardInterrupt:
+            note(f"stopped waiting; job array {array_id} keeps running (scancel {array_id} stops it)")
+            raise
         except Exception as exc:  # a failed, killed or cancelled element; its runs were left to the others
             first = (str(exc).strip().splitlines() or ["failed"])[-1]
             note(f"array element {job.job_id}: {first}; log {job.paths.stdout}")

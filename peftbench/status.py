@@ -1,8 +1,9 @@
 """Where a sweep stands: ``peftbench status RUNS_DIR`` from the records, the claims and the sweep manifests.
 
-A sweep writes a small manifest (its planned run ids and labels) into ``<out>/.sweeps/`` before it
-runs anything, so that runs nobody has started yet can be counted; several sweeps sharing a folder
-each leave their own. Whether a claim is live or stale is the claims module's judgement, not ours.
+A sweep writes a small manifest (its planned run ids and labels; JSON, named ``*.manifest`` so that
+nothing looking for records mistakes it for one) into ``<out>/.sweeps/`` before it runs anything, so
+that runs nobody has started yet can be counted; several sweeps sharing a folder each leave their own.
+Whether a claim is live or stale is the claims module's judgement, not ours.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .claims import Claims
-from .records import atomic_write, load_records
+from .records import load_records
 
 MANIFEST_DIRNAME = ".sweeps"
 STATES = ("complete", "running", "stale", "failed", "diverged", "oom", "not_started")
@@ -29,7 +31,7 @@ def write_manifest(out: Path, runs: dict[str, str], claim_timeout: float) -> Pat
     doc = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "claim_timeout": claim_timeout,
            "runs": dict(sorted(runs.items()))}
     text = json.dumps(doc, indent=1) + "\n"
-    return atomic_write(Path(out) / MANIFEST_DIRNAME / f"{key}.json", lambda tmp: tmp.write_text(text),
+    return atomic_write(Path(out) / MANIFEST_DIRNAME / f"{key}.manifest", lambda tmp: tmp.write_text(text),
                         durable=False)
 
 
@@ -37,7 +39,7 @@ def read_manifests(out: Path) -> tuple[dict[str, str], list[float], list[str]]:
     """Planned runs of every sweep in ``out``, their claim timeouts, and unreadable manifests."""
     planned: dict[str, str] = {}
     timeouts, problems = [], []
-    for path in sorted((Path(out) / MANIFEST_DIRNAME).glob("*.json")):
+    for path in sorted((Path(out) / MANIFEST_DIRNAME).glob("*.manifest")):
         try:
             doc = json.loads(path.read_text())
             planned.update({str(k): str(v) for k, v in doc["runs"].items()})
@@ -114,7 +116,7 @@ def format_status(st: dict[str, Any]) -> list[str]:
                      f"{'?' if value is None else value}")
     if counts["not_started"] is None:
         lines.append(f"  (no sweep manifest in {st['runs_dir']}/{MANIFEST_DIRNAME}: runs not started yet are "
-                     "unknown; sweeps started by this version write one)")
+                     "unknown; a sweep's workers write it once they have planned its runs)")
     by_state = lambda s: [r for r in st["runs"] if r["state"] == s]
     for state, title in (("running", "running (live claims)"),
                          ("stale", "stale claims (the next worker to reach them takes them over)")):

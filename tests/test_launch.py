@@ -65,11 +65,11 @@ def trained_once(out: Path, logs: list[Path], n: int) -> None:
     assert not list(out.glob(".claims/*"))
 
 
-def all_complete(out: Path, n: int) -> None:
+def all_complete(out: Path, n: int, report: bool = True) -> None:
     st = status(out)
     assert st["counts"] == {"complete": n, "running": 0, "stale": 0, "failed": 0, "diverged": 0, "oom": 0,
                             "not_started": 0}, st
-    assert (out / "report" / "summary.md").is_file()
+    assert (out / "report" / "summary.md").is_file() == report
 
 
 def wait_for(what: str, check, timeout: float) -> None:
@@ -89,14 +89,15 @@ def kill_worker_mid_run(out: Path, alive) -> dict:
     return {"run_id": claim.stem, **owner}
 
 
-def assert_stale_then_rerun_finishes(out: Path, killed: dict, planned: int) -> None:
+def assert_stale_claim_shown(out: Path, killed: dict, planned: int, capsys) -> None:
     st = status(out)
     stale = [r for r in st["runs"] if r["state"] == "stale"]
     assert [r["run_id"] for r in stale] == [killed["run_id"]], st
     assert stale[0]["claim"]["worker"] == killed["worker"]
     assert st["counts"]["complete"] + st["counts"]["not_started"] == planned - 1
-    rc, text = cli(["status", str(out)], 60)
-    assert rc == 0 and "stale claims 1" in text, text
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stale claims 1" in text, text
     assert f"worker {killed['worker']} (pid {killed['pid']}" in text and "; stale: " in text, text
 
 
@@ -129,6 +130,9 @@ def test_local_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
      "error: --slurm-arg 'mem': expected KEY=VALUE, e.g. --slurm-arg mem=32G"),
     (["--launcher", "local", "--slurm-qos", "high"], "error: --slurm-qos needs --launcher slurm"),
     (["--wait"], "error: --wait needs --launcher slurm"),
+    (["--launcher", "local", "--device", "cuda:1"], "error: --device cuda:1 with --launcher local: each worker sees "
+                                                    "only its own GPU (as cuda:0); leave --device auto, or set "
+                                                    "CUDA_VISIBLE_DEVICES to the GPUs the workers may use"),
 ])
 def test_launcher_misuse_is_one_clear_error(args, message, tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "runs"), *args]) == 2
@@ -207,7 +211,7 @@ def test_local_workers_share_a_sweep_each_run_once(vtab_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_worker_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(vtab_root, tmp_path):
+def test_local_worker_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(vtab_root, tmp_path, capsys):
     out = tmp_path / "runs"
     sweep, sets = ["--methods", "full", "--tasks", "cifar,eurosat"], [*FAST, "epochs=40"]
     args = cli_args(vtab_root, out, sweep, sets, "--checkpoint-every", "1")
@@ -222,13 +226,13 @@ def test_local_worker_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     assert launcher.returncode != 0 and "local worker 0 exited with code -9" in text, text
-    assert_stale_then_rerun_finishes(out, killed, 2)
-    rc, text = cli(args + ["--launcher", "local", "--workers", "2"], 420)
+    assert_stale_claim_shown(out, killed, 2, capsys)
+    rc, text = cli([*args, "--no-report", "--launcher", "local", "--workers", "1"], 420)
     assert rc == 0, text
     trained_once(out, sorted((out / "_local").glob("worker*.log")), 2)
     recs = [json.loads(p.read_text()) for p in out.glob("*/*/*.json")]
     assert any(r["provenance"]["resumed_from_epoch"] > 0 for r in recs)  # the killed run went on from its checkpoint
-    all_complete(out, 2)
+    all_complete(out, 2, report=False)
 
 
 # --- a real Slurm cluster -------------------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def test_slurm_array_of_3_runs_a_sweep_of_8_each_run_once(vtab_root, tmp_path):
 
 @needs_slurm
 @pytest.mark.slow
-def test_slurm_element_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(vtab_root, tmp_path):
+def test_slurm_element_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(vtab_root, tmp_path, capsys):
     out = tmp_path / "runs"
     sweep, sets = ["--methods", "full", "--tasks", "cifar,eurosat"], [*FAST, "epochs=40"]
     args = cli_args(vtab_root, out, sweep, sets, "--checkpoint-every", "1", *SLURM)
@@ -290,8 +294,42 @@ def test_slurm_element_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes
         wait_for(f"job {job} to leave the queue", lambda: not queued(), 60)
     finally:
         subprocess.run(["scancel", job], timeout=10)
-    assert_stale_then_rerun_finishes(out, killed, 2)
-    rc, text = cli([*args, "--jobs", "2", "--wait"], 420)
+    assert_stale_claim_shown(out, killed, 2, capsys)
+    rc, text = cli([*args, "--jobs", "2", "--wait", "--no-report"], 420)
     assert rc == 0, text
     trained_once(out, [p for p in slurm_logs(out) if not p.name.startswith(f"{job}_")], 2)
-    all_complete(out, 2)
+    all_complete(out, 2, report=False)
+
+
+def test_a_sweep_writes_its_manifest_so_status_counts_runs_not_started(vtab_root, tmp_path, monkeypatch):
+    from peftbench.runner import SweepRequest, run_sweep
+
+    out = tmp_path / "runs"
+    real_acquire = Claims.acquire
+    monkeypatch.setattr(Claims, "acquire", lambda self, run_id: None if run_id == skipped[0] else
+                        real_acquire(self, run_id))
+    skipped = [None]
+    req = SweepRequest(methods=["linear"], tasks="cifar", seeds=[0, 1], suite="vtab1k", data_root=vtab_root, out=out,
+                       backbone="test_vit", weights="none", img_size=32, sets=FAST, claim_timeout=42)
+    run_sweep(req)
+    ids = sorted(json.loads(p.read_text())["run_id"] for p in out.glob("*/*/*.json"))
+    assert sweep_status(out)["counts"]["complete"] == 2
+    for p in out.glob("*/*/*.json"):
+        p.unlink()
+    skipped[0] = ids[0]  # now one run is held elsewhere, never started here
+    result = run_sweep(req)
+    assert len(result.written) == 1 and len(result.left_to_others) == 1
+    st = sweep_status(out)
+    assert st["counts"]["complete"] == 1 and st["counts"]["not_started"] == 1 and st["claim_timeout"] == 42
+    assert [r["run_id"] for r in st["runs"] if r["state"] == "not_started"] == [ids[0]]
+    (manifest,) = (out / ".sweeps").iterdir()
+    assert sorted(json.loads(manifest.read_text())["runs"]) == ids
+
+
+@needs_slurm
+def test_a_job_array_that_sbatch_refuses_is_one_clear_error(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "runs"), "--launcher", "slurm", "--slurm-partition", "nosuch",
+                 "--slurm-gpus-per-job", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --launcher slurm: sbatch refused the job array: sbatch: error: Batch job submission failed: "
+        "Invalid partition name specified")
