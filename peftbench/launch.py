@@ -146,7 +146,9 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, extra in enumerate(envs):
-        with open(logs / f"worker{i}.log", "w") as log:  # the child keeps its own descriptor
+        with open(logs / f"worker{i}.log", "a") as log:  # appended: a rerun keeps the earlier attempt's log
+            log.write(f"=== worker {i} started {time.strftime('%Y-%m-%d %H:%M:%S')}: peftbench {' '.join(wargv)}\n")
+            log.flush()  # the child keeps its own descriptor
             procs.append(subprocess.Popen([sys.executable, "-m", "peftbench.cli", *wargv], stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra}))
         where = f"GPU {extra['CUDA_VISIBLE_DEVICES']}" if extra["CUDA_VISIBLE_DEVICES"] else \
