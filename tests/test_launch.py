@@ -198,6 +198,17 @@ def test_status_without_manifest_says_not_started_is_unknown(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
 
 
+def test_status_command_does_not_import_torch(tmp_path):
+    """Checking on a sweep from a login node should take a moment, not torch's import time."""
+    out = tmp_path / "runs"
+    write_record(out / "m" / "t" / "seed0-a.json", _rec("a", "complete", 0))
+    code = ("import sys; from peftbench.cli import main; rc = main(['status', sys.argv[1]]); "
+            "print('rc', rc, 'heavy', sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip().splitlines()[-1] == "rc 0 heavy []", done.stdout + done.stderr
+
+
 # --- local workers --------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
