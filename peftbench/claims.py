@@ -170,10 +170,6 @@ class Claims:
             fh.flush()  # a full disk fails here, inside the with: the file is closed either way
             return os.fstat(fh.fileno()).st_ino
 
-    def is_stale(self, run_id: str) -> bool:
-        """Whether a held claim would be taken over now (``peftbench status`` shows it; FileNotFoundError if none)."""
-        return self._stale(self.path(run_id))
-
     def _stale(self, path: Path) -> bool:
         age = time.time() - path.stat().st_mtime
         if age > self.timeout:

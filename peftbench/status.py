@@ -51,12 +51,11 @@ def read_manifests(out: Path) -> tuple[dict[str, str], list[float], list[str]]:
 
 def _claim_state(claims: Claims, run_id: str, now: float) -> dict[str, Any] | None:
     """A claim's holder and ages, and whether the claims module would take it over now."""
-    path = claims.path(run_id)
     try:
-        heartbeat = now - path.stat().st_mtime
-        stale = claims.is_stale(run_id)
+        heartbeat = now - claims.path(run_id).stat().st_mtime
     except FileNotFoundError:
         return None  # released meanwhile
+    stale = not claims.live(run_id)
     info = claims.owner(run_id)
     since = info.get("time")
     state = {"worker": info.get("worker", "unknown"), "host": info.get("host"), "pid": info.get("pid"),
@@ -64,6 +63,7 @@ def _claim_state(claims: Claims, run_id: str, now: float) -> dict[str, Any] | No
              "heartbeat_s": round(heartbeat, 1), "stale": stale}
     if stale:
         state["why"] = (f"no heartbeat for {heartbeat:.0f} s" if heartbeat > claims.timeout else
+                        "the claim names no owner (empty or unreadable)" if "worker" not in info else
                         f"its process {state['pid']} on this host ({socket.gethostname()}) is gone")
     return state
 
