@@ -140,6 +140,13 @@ def test_launcher_misuse_is_one_clear_error(args, message, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_tune_takes_the_launcher_options_too(tmp_path, capsys):
+    assert main(["tune", "--out", str(tmp_path / "runs"), "--workers", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers needs --launcher local"
+    assert worker_argv(["tune", "--budget", "2", "--launcher", "local", "--workers", "2"], reports=True) == [
+        "tune", "--budget", "2", "--no-report"]
+
+
 def test_slurm_launcher_without_sbatch_is_one_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["run", "--out", str(tmp_path / "runs"), "--launcher", "slurm"]) == 2
