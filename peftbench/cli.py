@@ -22,6 +22,7 @@ from rich.table import Table
 
 from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import PeftbenchError, UsageError
+from .launch import add_launcher_args, check_launcher_args
 from .records import REPORT_DIRNAME
 from .registry import load_plugin
 
@@ -120,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trials per method and task (default: the suite's tune.budget; vtab1k 8, mini 4)")
     tu.add_argument("--final-seeds", type=int, default=3, metavar="S", help="seeds of the final runs (default 3)")
 
+    st = sub.add_parser("status", help="where a sweep stands: complete / running / stale claims / failed / "
+                                       "diverged / oom / not started, with failure reasons")
+    st.add_argument("runs_dir", type=Path)
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("--claim-timeout", type=float, default=None, metavar="SECONDS",
+                    help="judge claims stale after this long without heartbeat (default: the sweep's own)")
+
     sub.add_parser("methods", help="list registered methods and their knobs")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
     t.add_argument("--suite", default="vtab1k")
@@ -175,6 +183,7 @@ def _sweep_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                    help="refuse images with more pixels (decompression bombs); default "
                         f"{DEFAULT_MAX_IMAGE_PIXELS:,} (12000×12000 passes)")
+    add_launcher_args(r)  # run and tune alike: workers re-run the same command line
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
@@ -261,6 +270,33 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0 if set(result.statuses) <= {"complete"} and not result.orphaned else 1
 
 
+def _cmd_launch(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    """Hand the command to its workers (launch.py); once they have all ended, the status and the report."""
+    from .launch import launch
+
+    code = launch(args, argv, args.out, note=lambda text: console.print(text, markup=False))
+    if code is None:  # submitted, not waited for
+        return 0
+    _print_status(args.out, console)
+    if not getattr(args, "no_report", True):
+        _write_report(args.out, args.out / REPORT_DIRNAME, True, console)
+    return code
+
+
+def _print_status(runs_dir: Path, console: Console, as_json: bool = False, claim_timeout: float | None = None
+                  ) -> None:
+    from .status import format_status, sweep_status
+
+    if not runs_dir.is_dir():
+        raise UsageError(f"{runs_dir}: no such folder")
+    st = sweep_status(runs_dir, claim_timeout)
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    for line in format_status(st):
+        console.print(line, markup=False)
+
+
 def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) -> None:
     from .report import write_report
 
@@ -344,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     # no terminal (a log file, a pipe, a test): wide enough that tables are never truncated
     console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
@@ -356,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for plugin in args.plugin:
             load_plugin(plugin)
+        if hasattr(args, "launcher"):
+            check_launcher_args(args)
+            if args.launcher != "none":
+                return _cmd_launch(args, argv, console)
         if args.command == "run":
             return _cmd_run(args, console)
         if args.command == "tune":
@@ -368,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_inspect(args, console)
         if args.command == "make-synthetic":
             return _cmd_make_synthetic(args, console)
+        if args.command == "status":
+            _print_status(args.runs_dir, console, args.json, args.claim_timeout)
+            return 0
         if args.command == "report":
             _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console)
             return 0

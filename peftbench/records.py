@@ -149,12 +149,13 @@ def validate(record: Any) -> str | None:
 
 
 REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the runs folder: not scanned
+LAUNCHER_DIRNAMES = ("_slurm", "_local")  # the launchers' logs inside the runs folder (launch.py): not scanned
 
 
 def iter_record_files(root: Path) -> Iterable[Path]:
     root = Path(root)
     def skipped(folder: str) -> bool:
-        return folder.startswith(".") or folder == REPORT_DIRNAME
+        return folder.startswith(".") or folder == REPORT_DIRNAME or folder in LAUNCHER_DIRNAMES
 
     return sorted(p for p in root.rglob("*.json")
                   if not p.name.startswith(".") and not any(map(skipped, p.relative_to(root).parts[:-1])))

@@ -54,6 +54,7 @@ from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, expand_methods, get_method
+from .status import write_manifest
 from .train import (
     Diverged,
     autocast_factory,
@@ -307,6 +308,7 @@ def _job(task: TaskSpec, spec: MethodSpec, seed: int, config: tuple[TrainConfig,
 def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResult:
     reporter = reporter or Reporter()
     plan = plan_sweep(req, reporter)
+    _manifest(plan, req.claim_timeout, reporter)
     claims = Claims(plan.out, req.worker_id, req.claim_timeout)
     prov = {**provenance(plan.device), "worker": claims.worker}
     reporter.sweep(len(plan.jobs))
@@ -330,6 +332,15 @@ def run_sweep(req: SweepRequest, reporter: Reporter | None = None) -> SweepResul
     if req.points is not None:
         result.run_ids = {(job.point, job.seed): job.run_id for job in plan.jobs}
     return result
+
+
+def _manifest(plan: Plan, claim_timeout: float, reporter: Reporter) -> None:
+    """The planned run ids, for `peftbench status` to count runs not started; a sweep runs without it."""
+    try:
+        write_manifest(plan.out, {job.run_id: job.label for job in plan.jobs}, claim_timeout)
+    except OSError as exc:
+        reporter.message(f"warning: cannot write the sweep manifest in {plan.out}: {exc}; `peftbench status` will "
+                         "not count the runs not started yet")
 
 
 def _summarise(outcomes: list[JobOutcome], left: list[Job], claims: Claims, reporter: Reporter) -> SweepResult:
