@@ -2,7 +2,7 @@
 
 Schema (``SCHEMA_VERSION``)::
 
-    run_id, schema, status ("complete" | "diverged" | "oom" | "failed"), reason,
+    tool ("peftbench"), run_id, schema, status ("complete" | "diverged" | "oom" | "failed"), reason,
     method, task, suite, seed, created,
     config   {train {...}, method {...}}                fully resolved
     backbone {name, weights, checksum, img_size, interpolation, mean, std}
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os  # noqa: F401  (tests patch records.os.fsync / .replace: the same os module atomic.py uses)
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .atomic import atomic_write  # records.atomic_write stays importable for ol
 from .errors import PeftbenchError
 
 SCHEMA_VERSION = 1
+TOOL = "peftbench"  # every record says who wrote it (records before this field are read by their shape)
 STATUSES = ("complete", "diverged", "oom", "failed")
 REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
 # a run with one of these statuses is not run again by the same command
@@ -121,9 +123,12 @@ def validate(record: Any) -> str | None:
     """None if the record has the schema's shape and believable values, else what is wrong (naming the field).
 
     A record is data from disk: hand-edited, written by another version, or damaged. The report computes
-    means and plots from it, so NaN, 1e308 or a string where a number belongs must not get that far."""
+    means and plots from it, so NaN, 1e308 or a string where a number belongs must not get that far.
+    Records carry ``tool: "peftbench"``; older ones (before the marker) are recognised by their shape."""
     if not isinstance(record, dict):
         return "not a JSON object"
+    if record.get("tool", TOOL) != TOOL:
+        return f"written by {record['tool']!r}, not {TOOL}"
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         return "missing key(s): " + ", ".join(missing)
@@ -150,19 +155,44 @@ def validate(record: Any) -> str | None:
 REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the runs folder: not scanned
 
 
-def iter_record_files(root: Path) -> Iterable[Path]:
-    root = Path(root)
-    def skipped(folder: str) -> bool:
-        return folder.startswith(".") or folder == REPORT_DIRNAME
+RECORD_NAME = re.compile(r"seed-?\d+-[0-9a-f]+\.json")  # record_path's file names
+MAX_DEPTH = 5  # records sit 3 folders down (method/task/file); 5 allows a folder of runs folders
+_NOT_SEARCHED = {REPORT_DIRNAME, "__pycache__", "node_modules", "site-packages"}
 
-    return sorted(p for p in root.rglob("*.json")
-                  if not p.name.startswith(".") and not any(map(skipped, p.relative_to(root).parts[:-1])))
+
+def scan_record_files(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """Files named like records under ``root``, and the JSON files passed over, by reason.
+
+    Only the record layout is searched: hidden folders (checkpoints, claims), report folders and
+    package trees are not entered, nor anything deeper than ``MAX_DEPTH`` folders; other JSON
+    files are counted, never opened, so pointing ``report`` at a big folder reads no foreign file.
+    """
+    root = Path(root)
+    found: list[Path] = []
+    skipped: dict[str, list[Path]] = {}
+    for folder, dirs, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SEARCHED and depth < MAX_DEPTH)
+        for name in sorted(files):
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            if RECORD_NAME.fullmatch(name):
+                found.append(Path(folder) / name)
+            else:
+                skipped.setdefault("not named seedN-RUNID.json", []).append(Path(folder) / name)
+    return found, skipped
+
+
+def iter_record_files(root: Path) -> Iterable[Path]:
+    return scan_record_files(root)[0]
 
 
 def load_records(root: Path) -> tuple[list[dict], list[str]]:
-    """All valid records under ``root`` and one message per file that is not one (named, skipped)."""
+    """All valid records under ``root`` and what was skipped: one message per broken record file,
+    one summary for the JSON files that are not records at all."""
     records, problems = [], []
-    for path in iter_record_files(root):
+    paths, skipped = scan_record_files(root)
+    for path in paths:
         try:
             rec = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -174,6 +204,12 @@ def load_records(root: Path) -> tuple[list[dict], list[str]]:
             continue
         rec["_path"] = str(path)
         records.append(rec)
+    if skipped:
+        total = sum(map(len, skipped.values()))
+        examples = [p for ps in skipped.values() for p in ps][:3]
+        problems.append(f"{total} JSON file(s) not a peftbench record, not read ("
+                        + "; ".join(f"{why}: {len(ps)}" for why, ps in skipped.items())
+                        + "), e.g. " + ", ".join(map(str, examples)))
     return records, problems
 
 

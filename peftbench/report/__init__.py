@@ -103,7 +103,7 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
     for problem in problems:
         (on_problem or log.warning)(problem)
     if not records:
-        extra = f" ({len(problems)} unreadable file(s) skipped)" if problems else ""
+        extra = f" (skipped: see the {len(problems)} warning(s) above)" if problems else ""
         raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
     tables = summary_tables([r for r in records if not is_tuned(r)], load_reference() if reference else None)
     tuned = tuned_tables(records)
