@@ -21,6 +21,7 @@ from .config import TrainConfig, parse_sets, resolve
 from .data.content import task_content_warnings
 from .data.images import Batches, SplitData, default_cache_dir, load_split
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
+from .data.synthetic import is_synthetic
 from .data.tasks import TaskSpec, resolve_tasks
 from .errors import DataError, PeftbenchError, UsageError
 from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks import them from here)
@@ -422,7 +423,8 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
         "backbone": plan.backbone.describe(),
         "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
                  "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
-                 "train_split": train_split, "eval_split": eval_split},
+                 "train_split": train_split, "eval_split": eval_split,
+                 "synthetic": is_synthetic(td.lists.folder.resolve().parent)},
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
         "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
         "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},

@@ -326,3 +326,43 @@ def test_records_carry_the_tool_marker_and_old_ones_stay_readable(vtab_root, tmp
     del rec["tool"]  # a record written before the marker existed
     path.write_text(json.dumps(rec))
     assert len(load_records(out)[0]) == 1
+
+
+# ---- item 6: synthetic data and reference rows ---------------------------------------------------
+
+def test_synthetic_data_is_marked_and_its_tables_say_timing_only(tmp_path, capsys):
+    synth, out = tmp_path / "synth", tmp_path / "runs"
+    assert main(["make-synthetic", "--like", "vtab1k", "--tasks", "eurosat", "--scale", "0.01",
+                 "--out", str(synth)]) == 0
+    assert main(["run", *TINY[:-1], "--methods", "linear", "--tasks", "eurosat", "--data-root", str(synth),
+                 "--out", str(out)]) == 0
+    (rec,) = load_records(out)[0]
+    assert rec["data"]["synthetic"] is True
+    summary = (out / "report" / "summary.md").read_text()
+    assert "## Table 1 — ⚠ SYNTHETIC DATA — timing only — " in summary
+    assert "No published reference rows: this table's data are synthetic" in summary
+
+
+def _as_published_setting(rec: dict, **backbone) -> dict:
+    rec = json.loads(json.dumps(rec))
+    rec["backbone"].update({"name": "vit_base_patch16_224.orig_in21k", "weights": "ViT-B_16.npz",
+                            "checksum": "c" * 64, **backbone})
+    return rec
+
+
+def test_reference_rows_only_beside_the_backbone_they_were_published_for(vtab_root, tmp_path):
+    from peftbench.report.aggregate import load_reference, summary_tables
+
+    assert main(_run(vtab_root, tmp_path / "runs", methods="linear")) == 0
+    (rec,) = load_records(tmp_path / "runs")[0]
+    assert rec["data"]["synthetic"] is False
+    (vit_b,) = summary_tables([_as_published_setting(rec)], load_reference())
+    assert [r.method for r in vit_b.references]  # the published linear probe etc. on eurosat
+    (other,) = summary_tables([_as_published_setting(rec, name="vit_small_patch16_224.augreg_in21k")],
+                              load_reference())
+    assert other.references == [] and "this table's backbone is vit_small_patch16_224.augreg_in21k" in \
+        other.reference_notes[0]
+    synthetic = _as_published_setting(rec)
+    synthetic["data"]["synthetic"] = True
+    (table,) = summary_tables([synthetic], load_reference())
+    assert table.references == [] and "SYNTHETIC DATA — timing only" in table.title() + table.short_title()
