@@ -366,3 +366,33 @@ def test_reference_rows_only_beside_the_backbone_they_were_published_for(vtab_ro
     synthetic["data"]["synthetic"] = True
     (table,) = summary_tables([synthetic], load_reference())
     assert table.references == [] and "SYNTHETIC DATA — timing only" in table.title() + table.short_title()
+
+
+# ---- item 10 and item 1's plot: stable method styles, the Pareto front, training curves ----------
+
+def test_a_method_keeps_its_colour_and_marker_whatever_else_a_report_holds():
+    from peftbench.report.plots import _style, method_style
+
+    assert _style(["ship"])["ship"] == _style(["adapter", "bitfit", "full", "ship"])["ship"]
+    assert _style(["my_method"])["my_method"] == _style(["aaa", "my_method", "zzz"])["my_method"]
+    assert method_style("my_method") == method_style("my_method")  # crc32: the same in every process
+    shipped = ["linear", "full", "vpt_shallow", "vpt_deep", "ship"]
+    assert len({method_style(m) for m in shipped}) == len(shipped)
+
+
+def test_methods_on_fewer_tasks_stay_off_the_pareto_front():
+    from types import SimpleNamespace as NS
+
+    from peftbench.report.plots import whole_suite_front
+
+    rows = [NS(mean_tasks=NS(partial=False)), NS(mean_tasks=NS(partial=False)), NS(mean_tasks=NS(partial=True))]
+    pts = [(1.0, 50.0), (10.0, 70.0), (0.5, 90.0)]  # the partial method would dominate both
+    assert whole_suite_front(rows, pts) == [0, 1]
+
+
+def test_report_draws_training_curves_from_the_history(vtab_root, tmp_path):
+    out = tmp_path / "runs"
+    assert main(_run(vtab_root, out, "--set", "protocol=val", methods="linear,full")) == 0
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "training_curves.png").stat().st_size > 10_000
+    assert "![Training curves (Table 1)](training_curves.png)" in (out / "report" / "summary.md").read_text()

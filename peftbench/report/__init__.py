@@ -129,7 +129,8 @@ def _write_files(folder: Path, tables: list[Table], records: list[dict], problem
         pd.DataFrame(tuned_rows(tuned)).to_csv(folder / "tuned.csv", index=False)
     style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))
     for table in tables:
-        for name, fig in table_figures(table, style).items():
+        mine = [r for r in records if setting_of(r) == table.setting]
+        for name, fig in table_figures(table, style, mine).items():
             for fmt in ("png", "svg"):
                 meta = {"Date": None} if fmt == "svg" else {"Software": None}
                 fig.savefig(folder / f"{name}.{fmt}", format=fmt, dpi=DPI, metadata=meta)

@@ -124,6 +124,7 @@ _PLOT_CAPTIONS = {
     "heatmap": "Per-task top-1",
     "accuracy_vs_throughput": "Mean top-1 vs inference throughput",
     "group_means": "Group means",
+    "training_curves": "Training curves",
 }
 
 
