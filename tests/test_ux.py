@@ -396,3 +396,20 @@ def test_report_draws_training_curves_from_the_history(vtab_root, tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "training_curves.png").stat().st_size > 10_000
     assert "![Training curves (Table 1)](training_curves.png)" in (out / "report" / "summary.md").read_text()
+
+
+def test_terminal_bar_shows_epoch_and_loss_without_plain_lines():
+    import io
+
+    from rich.console import Console
+
+    from peftbench.cli import RichReporter
+    from peftbench.train import EpochEnd
+
+    buffer = io.StringIO()
+    with RichReporter(Console(file=buffer, force_terminal=True, width=200)) as reporter:
+        reporter.run_started("full/digits/seed0", 10)
+        reporter.epoch_finished(EpochEnd(3, 15, 1.23456, None, 4.0))
+        (task,) = reporter.progress.tasks
+        assert task.description == "full/digits/seed0: epoch 3/15  train loss 1.2346"
+    assert "full/digits/seed0  epoch 3/15" not in buffer.getvalue()  # the bar says it; no extra line
