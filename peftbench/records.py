@@ -155,7 +155,7 @@ def validate(record: Any) -> str | None:
 REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the runs folder: not scanned
 
 
-RECORD_NAME = re.compile(r"seed-?\d+-[0-9a-f]+\.json")  # record_path's file names
+RECORD_NAME = re.compile(r"seed-?\d+(-[0-9a-zA-Z_.-]*)?\.json")  # record_path writes seedN-RUNID.json
 MAX_DEPTH = 5  # records sit 3 folders down (method/task/file); 5 allows a folder of runs folders
 _NOT_SEARCHED = {REPORT_DIRNAME, "__pycache__", "node_modules", "site-packages"}
 
@@ -179,7 +179,7 @@ def scan_record_files(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
             if RECORD_NAME.fullmatch(name):
                 found.append(Path(folder) / name)
             else:
-                skipped.setdefault("not named seedN-RUNID.json", []).append(Path(folder) / name)
+                skipped.setdefault("not named seedN[-RUNID].json", []).append(Path(folder) / name)
     return found, skipped
 
 
