@@ -23,7 +23,7 @@ import json
 import math
 import os  # noqa: F401  (tests patch records.os.fsync / .replace: the same os module atomic.py uses)
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,57 +157,53 @@ REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the 
 
 RECORD_NAME = re.compile(r"seed-?\d+(-[0-9a-zA-Z_.-]*)?\.json")  # record_path writes seedN-RUNID.json
 MAX_DEPTH = 5  # records sit 3 folders down (method/task/file); 5 allows a folder of runs folders
+MAX_RECORD_BYTES = 1 << 20  # a record is a few kB: a bigger JSON file is another tool's and is not read
 _NOT_SEARCHED = {REPORT_DIRNAME, "__pycache__", "node_modules", "site-packages"}
 
 
-def scan_record_files(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
-    """Files named like records under ``root``, and the JSON files passed over, by reason.
-
-    Only the record layout is searched: hidden folders (checkpoints, claims), report folders and
-    package trees are not entered, nor anything deeper than ``MAX_DEPTH`` folders; other JSON
-    files are counted, never opened, so pointing ``report`` at a big folder reads no foreign file.
-    """
+def iter_record_files(root: Path) -> list[Path]:
+    """The JSON files a runs folder can hold records in: not in hidden folders (checkpoints, claims),
+    report or package folders, nor deeper than ``MAX_DEPTH`` folders (``report /`` stays shallow)."""
     root = Path(root)
     found: list[Path] = []
-    skipped: dict[str, list[Path]] = {}
     for folder, dirs, files in os.walk(root):
         depth = len(Path(folder).relative_to(root).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SEARCHED and depth < MAX_DEPTH)
-        for name in sorted(files):
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
-            if RECORD_NAME.fullmatch(name):
-                found.append(Path(folder) / name)
-            else:
-                skipped.setdefault("not named seedN[-RUNID].json", []).append(Path(folder) / name)
-    return found, skipped
+        found += [Path(folder) / n for n in sorted(files) if n.endswith(".json") and not n.startswith(".")]
+    return found
 
 
-def iter_record_files(root: Path) -> Iterable[Path]:
-    return scan_record_files(root)[0]
+def _read(path: Path) -> tuple[Any, str | None]:
+    """(the parsed file, None) or (None, why it is not a peftbench record at all)."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return None, "larger than a record (1 MB)"
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"unreadable JSON ({type(exc).__name__})"
 
 
 def load_records(root: Path) -> tuple[list[dict], list[str]]:
-    """All valid records under ``root`` and what was skipped: one message per broken record file,
-    one summary for the JSON files that are not records at all."""
+    """The valid records under ``root``, and what was skipped: one message per damaged record (named
+    like one, or saying it is one: ``tool`` / ``schema``), one summary for other JSON files by reason."""
     records, problems = [], []
-    paths, skipped = scan_record_files(root)
-    for path in paths:
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path}: not a readable record ({type(exc).__name__}: {exc})")
-            continue
-        why = validate(rec)
-        if why:
+    skipped: dict[str, list[Path]] = {}
+    for path in iter_record_files(root):
+        rec, unread = _read(path)
+        ours = isinstance(rec, dict) and ("tool" in rec or "schema" in rec)
+        if unread and RECORD_NAME.fullmatch(path.name):
+            problems.append(f"{path}: not a readable record ({unread})")
+        elif unread or not ours:
+            skipped.setdefault(unread or "no 'tool' or 'schema' field", []).append(path)
+        elif why := validate(rec):
             problems.append(f"{path}: not a peftbench record ({why})")
-            continue
-        rec["_path"] = str(path)
-        records.append(rec)
+        else:
+            rec["_path"] = str(path)
+            records.append(rec)
     if skipped:
         total = sum(map(len, skipped.values()))
         examples = [p for ps in skipped.values() for p in ps][:3]
-        problems.append(f"{total} JSON file(s) not a peftbench record, not read ("
+        problems.append(f"{total} JSON file(s), each not a peftbench record ("
                         + "; ".join(f"{why}: {len(ps)}" for why, ps in skipped.items())
                         + "), e.g. " + ", ".join(map(str, examples)))
     return records, problems

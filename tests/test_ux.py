@@ -303,7 +303,7 @@ def test_report_reads_only_records_and_counts_what_it_skipped(vtab_root, tmp_pat
     capsys.readouterr()
     assert main(["report", str(top)]) == 0
     out = capsys.readouterr().out
-    assert ("warning: skipped 30 JSON file(s) not a peftbench record, not read (not named seedN[-RUNID].json: 30), "
+    assert ("warning: skipped 30 JSON file(s), each not a peftbench record (no 'tool' or 'schema' field: 30), "
             "e.g. ") in out
     assert "seed0-0123456789abcdef.json: not a peftbench record (written by 'othertool', not peftbench)" in out
     assert len(list(csv.DictReader((top / "report" / "records.csv").open()))) == 1  # not the too-deep copy
@@ -313,7 +313,7 @@ def test_report_of_a_folder_without_records_writes_nothing(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
     captured = capsys.readouterr()
-    assert "warning: skipped 1 JSON file(s) not a peftbench record" in captured.out
+    assert "warning: skipped 1 JSON file(s), each not a peftbench record" in captured.out
     assert captured.err.startswith("error: no peftbench records under") and not (tmp_path / "report").exists()
 
 
