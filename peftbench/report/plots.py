@@ -253,6 +253,8 @@ def _curves(records: list[dict]) -> dict[tuple[str, str], dict[str, list[list[fl
 def plot_training_curves(table: Table, style: dict, records: list[dict]):
     """Mean over seeds of each epoch's training loss (solid) and, under protocol=val, val200 top-1
     (dashed, right axis), one panel per task; records from before ``metrics.history`` have none."""
+    from matplotlib.ticker import MaxNLocator
+
     curves = _curves(records)
     tasks = [t for t in table.layout.tasks if any(task == t for task, _ in curves)]
     cols = min(3, max(1, len(tasks)))
@@ -276,6 +278,7 @@ def plot_training_curves(table: Table, style: dict, records: list[dict]):
                           label=method if key == "train_loss" else None)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("train loss")
         if twin is not None:
             twin.set_ylabel("val200 top-1 (%, dashed)")
