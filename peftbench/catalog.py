@@ -19,26 +19,27 @@ from .registry import get_method
 
 def inspect_method(method: str, backbone: str | None = None, weights: str = "none", num_classes: int | None = None,
                    img_size: int | None = None, sets: list[str] | None = None, suite: str = DEFAULT_SUITE,
-                   task: str | None = None, trust_checkpoint: bool = False) -> dict[str, Any]:
+                   task: str | None = None, trust_checkpoint: bool = False, recipe: str = "shared"
+                   ) -> dict[str, Any]:
     """Parameters and inference GFLOPs of a method on a backbone, without data or training.
 
     The suite gives the default backbone and the recipe; a task its classes and per-task settings
     (and to a method that prepares from data, e.g. SHIP, the task's name for published choices).
     """
     spec = get_method(method)
-    recipe = load_suite(suite, None)
+    suite_recipe = load_suite(suite, None)
     task_spec = resolve_tasks(task, suite)[0] if task else None
     name = task_spec.name if task_spec else None
-    tcfg, mcfg, resolved = resolve(spec, name, recipe, parse_sets(sets or []))
+    tcfg, mcfg, resolved = resolve(spec, name, suite_recipe, parse_sets(sets or []), recipe)
     num_classes = num_classes or (task_spec.num_classes if task_spec else 100)
-    backbone = backbone or recipe.backbone or DEFAULT_BACKBONE
+    backbone = backbone or suite_recipe.backbone or DEFAULT_BACKBONE
     bb = load_backbone(backbone, resolve_weights(weights), img_size, trust_checkpoint)
     vit = bb.instantiate(num_classes, drop_path=tcfg.drop_path)
     shared = tensor_ids(vit)
     ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
                        cache_dir=default_cache_dir(), task=task_spec)
     model = spec.build(vit, num_classes, mcfg, ctx)
-    out = {"method": method, "suite": recipe.name, "suite_source": suite_source(recipe), "task": name,
+    out = {"method": method, "suite": suite_recipe.name, "suite_source": suite_source(suite_recipe), "task": name,
            "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,
            "img_size": list(bb.preprocess.img_size), **count_params(model),
            "stored_per_task_params": stored_per_task(model, shared),

@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_arg(i, "whose backbone and recipe are the defaults")
     i.add_argument("--task", default=None, metavar="NAME",
                    help="inspect with this task's classes and recipe (SHIP: its published prompt layers)")
+    i.add_argument("--recipe", default="shared",
+                   help="shared (default) or a named recipe of the suite, e.g. official (SHIP's per-task thresholds)")
     _backbone_args(i, weights_default="none")
     i.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the task's, else 100)")
     i.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -373,7 +375,8 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .catalog import inspect_method
 
     info = inspect_method(args.method, args.backbone, args.weights, args.num_classes, args.img_size, args.sets,
-                          suite=args.suite, task=args.task, trust_checkpoint=args.trust_checkpoint)
+                          suite=args.suite, task=args.task, recipe=args.recipe,
+                          trust_checkpoint=args.trust_checkpoint)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -144,7 +144,8 @@ OFFICIAL = Path(__file__).parent / "data" / "ship_official"
 
 def test_inspect_ship_with_a_task_uses_its_published_layers(capsys):
     """The README's example: the official cifar100 run's layers and trainable parameters (hparams.csv)."""
-    assert main(["inspect", "--method", "ship", "--suite", "vtab1k", "--task", "cifar100", "--json"]) == 0
+    assert main(["inspect", "--method", "ship", "--suite", "vtab1k", "--task", "cifar100", "--recipe", "official",
+                 "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["method_info"]["layers"] == [0, 2, 4, 6, 8, 11] and info["num_classes"] == 100
     assert info["trainable_params"] == 330_340  # trainable_params_shipped_code of the official cifar100 run
@@ -163,7 +164,8 @@ def test_every_vtab_task_gets_its_published_grouping_without_data(row):
 
     assert PUBLISHED_AFFINITY.parent.name == "methods"  # shipped inside the package (peftbench.methods)
     spec = get_method("ship")
-    _, cfg, _ = resolve(spec, row["task"], load_suite("vtab1k", None), [("ship", "attribute_prompts", False)])
+    _, cfg, _ = resolve(spec, row["task"], load_suite("vtab1k", None), [("ship", "attribute_prompts", False)],
+                        "official")
     (task,) = resolve_tasks(row["task"], "vtab1k")
     context = BuildContext(preprocess=None, device=torch.device("cpu"), task=task)
     spec.build(_tiny_vit(depth=12), 5, cfg, context)
