@@ -221,7 +221,7 @@ def test_plugin_is_accepted_after_the_command(tmp_path, capsys):
         "@register_method('late_plugin_probe', config=Cfg, description='registered after the command')\n"
         "def build(backbone, num_classes, cfg, ctx):\n    return backbone\n")
     assert main(["methods", "--plugin", str(plugin)]) == 0
-    assert "late_plugin_probe  registered after the command" in capsys.readouterr().out
+    assert "late_plugin_probe v1  registered after the command" in capsys.readouterr().out
 
 
 def test_every_option_of_every_command_has_help():
