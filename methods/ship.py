@@ -48,6 +48,8 @@ ATTRIBUTE_LAYERS = 2  # attribute prompts join the last two selected blocks (off
 KMEANS_SEED = 42  # the official k-means random_state; also seeds the subsample of images
 KMEANS_MAX_IMAGES = 1000  # the official code clusters at most 1000 images
 PREP_BATCH = 128  # images per forward in the preparation pass
+# the official layer-affinity matrices (haoweiz23/SHIP, ViT-B/16 in21k), one per VTAB-1k task: package data
+PUBLISHED_AFFINITY = Path(__file__).resolve().parent / "ship_affinity"
 
 
 @dataclass
@@ -282,16 +284,15 @@ def prepare(vit: nn.Module, cfg: ShipConfig, ctx: BuildContext) -> tuple[list[in
     if ctx.has_data:
         products.update(_from_data(vit, ctx, wanted, k))
     elif "affinity" in wanted:
-        raise UsageError("ship: choosing the prompt layers needs the training images, and there are none here; "
-                         "give them explicitly (--set ship.layers=0,2,4,6,8,11), an affinity matrix "
-                         "(ship.affinity=PATH) or turn the hierarchy off (ship.hierarchy=false)")
-    elif wanted:
+        products["affinity"] = _without_data_affinity(depth, cfg, ctx)
+        del wanted["affinity"]
+    if not ctx.has_data and wanted:
         products["prototypes"] = (np.zeros((k, width), np.float32), "placeholder")
         ctx.notices.append(f"ship: no training images here, so the {k} x {width} prototype bank is a placeholder "
                            "of zeros (a run computes it by k-means); parameter counts and FLOPs are unaffected")
     if grouped:
         affinity, layers_source = products["affinity"]
-        layers = group_layers(affinity, cfg.share_threshold)
+        layers = list(range(depth)) if affinity is None else group_layers(affinity, cfg.share_threshold)
     elif cfg.layers is not None:
         layers, layers_source = list(cfg.layers), "explicit"
     else:
@@ -303,6 +304,28 @@ def prepare(vit: nn.Module, cfg: ShipConfig, ctx: BuildContext) -> tuple[list[in
                     prototypes_source=prototypes_source, num_prototypes=None if bank is None else len(bank))
     like = next(vit.parameters())
     return layers, None if bank is None else torch.as_tensor(bank, device=like.device)
+
+
+def _without_data_affinity(depth: int, cfg: ShipConfig, ctx: BuildContext) -> tuple[np.ndarray | None, str]:
+    """Without training images (``peftbench inspect``): the task's published affinity, else every block.
+
+    The official affinity matrices are facts about ViT-B/16 in21k on the VTAB-1k tasks, so they are
+    used only for a 12-block backbone; otherwise (None) every block is selected, the most prompts
+    SHIP can select, and a note says so. A run always computes the affinity from its data.
+    """
+    task = ctx.task.name if ctx.task is not None else None
+    path = PUBLISHED_AFFINITY / f"{task}.npy"
+    if task is not None and path.is_file() and depth == 12:
+        layers = group_layers(np.load(path), cfg.share_threshold)
+        ctx.notices.append(f"ship: prompt layers {layers}: the official SHIP affinity matrix of {task} (ViT-B/16 "
+                           f"in21k) at share_threshold {cfg.share_threshold}; a run computes them from its own "
+                           "training images")
+        return np.load(path), f"published ({task}, ViT-B/16 in21k)"
+    ctx.notices.append("ship: no training images here" + ("" if task is None else f" and no published grouping "
+                       f"for task {task} on a {depth}-block backbone") + f", so every block of {depth} is counted "
+                       "as prompted, the most SHIP can select (--task NAME of a VTAB-1k task uses its published "
+                       "layers; --set ship.layers=... gives them explicitly)")
+    return None, "every block (no data: upper bound)"
 
 
 # ---- the forward pass ----------------------------------------------------------------------

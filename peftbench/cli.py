@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -21,17 +22,26 @@ from rich.progress import (
 from rich.table import Table
 
 from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
+from .data.tasks import DEFAULT_SUITE
 from .errors import PeftbenchError, UsageError
 from .launch import add_launcher_args, check_launcher_args
 from .records import REPORT_DIRNAME
 from .registry import load_plugin
 
+if TYPE_CHECKING:
+    from .train import EpochEnd
+
 
 class RichReporter:
-    """Progress bars for the sweep, the decoding and each run; one kept line per finished run."""
+    """Progress bars for the sweep, the decoding and each run; one kept line per finished run.
 
-    def __init__(self, console: Console):
+    Without a terminal (a log file, a pipe) the bars do not redraw, so each epoch also prints one
+    plain line, flushed at once: ``tail -f`` on a log shows a run's progress while it trains.
+    """
+
+    def __init__(self, console: Console, epoch_lines: bool | None = None):
         self.console = console
+        self.epoch_lines = not console.is_terminal if epoch_lines is None else epoch_lines
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
         self.sweep_bar = None
@@ -71,6 +81,14 @@ class RichReporter:
             kwargs["description"] = f"{self.run_label}: {description}"
         self.progress.update(self.run_bar, **kwargs)
 
+    def epoch_finished(self, end: EpochEnd) -> None:
+        text = epoch_line(end)
+        if self.run_bar is not None:
+            self.progress.update(self.run_bar, description=f"{self.run_label}: {text}")
+        if self.epoch_lines:
+            self.console.print(f"{self.run_label}  {text}  {end.elapsed_s:.1f} s", markup=False, highlight=False)
+            self.console.file.flush()
+
     def run_finished(self, label: str, summary: str) -> None:
         if self.run_bar is not None:
             self.progress.remove_task(self.run_bar)
@@ -78,6 +96,11 @@ class RichReporter:
         self.console.print(f"{label}: {summary}", markup=False, highlight=False)
         if self.sweep_bar is not None:
             self.progress.advance(self.sweep_bar)
+
+
+def epoch_line(end: EpochEnd) -> str:
+    val = "" if end.val_top1 is None else f"  val top-1 {end.val_top1:.2f}%"
+    return f"epoch {end.epoch}/{end.epochs}  train loss {end.train_loss:.4f}{val}"
 
 
 def _csv(text: str) -> list[str]:
@@ -103,9 +126,8 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peftbench", description="Fair, fast PEFT benchmarks for vision transformers.")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="import a Python file that registers methods (runs its code: only files you trust)")
-    sub = p.add_subparsers(dest="command", required=True)
+    _plugin_arg(p, "plugin")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a sweep: methods x tasks x seeds, one record per run")
     _sweep_args(r)
@@ -123,35 +145,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="where a sweep stands: complete / running / stale claims / failed / "
                                        "diverged / oom / not started, with failure reasons")
-    st.add_argument("runs_dir", type=Path)
+    st.add_argument("runs_dir", type=Path, help="folder of a sweep (`peftbench run/tune --out`)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--claim-timeout", type=float, default=None, metavar="SECONDS",
                     help="judge claims stale after this long without heartbeat (default: the sweep's own)")
 
-    sub.add_parser("methods", help="list registered methods and their knobs")
+    m = sub.add_parser("methods", help="list registered methods, their knobs and the training keys")
+    _suite_arg(m, "whose recipe gives the defaults shown")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
-    t.add_argument("--suite", default="vtab1k")
+    _suite_arg(t, "whose tasks to list")
 
     i = sub.add_parser("inspect", help="parameters and inference GFLOPs of a method, without data")
-    i.add_argument("--method", required=True)
+    i.add_argument("--method", required=True, help="a registered method (see `peftbench methods`)")
+    _suite_arg(i, "whose backbone and recipe are the defaults")
+    i.add_argument("--task", default=None, metavar="NAME",
+                   help="inspect with this task's classes and recipe (SHIP: its published prompt layers)")
+    i.add_argument("--recipe", default="shared",
+                   help="shared (default) or a named recipe of the suite, e.g. official (SHIP's per-task thresholds)")
     _backbone_args(i, weights_default="none")
-    i.add_argument("--num-classes", type=int, default=100)
-    i.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    i.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the task's, else 100)")
+    i.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training key or a method knob (METHOD.KNOB=VALUE); repeatable")
     i.add_argument("--json", action="store_true", help="print JSON")
 
     syn = sub.add_parser("make-synthetic", help="a full-size stand-in for a suite: real split sizes and "
                                                 "native resolutions, random JPEG content (for timing)")
     syn.add_argument("--like", default="vtab1k", help="the suite to imitate (default vtab1k)")
     syn.add_argument("--out", type=Path, required=True, help="data root to create (VTAB-1k layout)")
-    syn.add_argument("--tasks", default="all")
+    syn.add_argument("--tasks", default="all", help="'all' or a comma list of task names (default all)")
     syn.add_argument("--scale", type=float, default=1.0, help="fraction of each split's size (default 1.0)")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=int, default=0, help="seed of the random content (default 0)")
 
     rep = sub.add_parser("report", help="tables and plots from the records of a runs folder")
-    rep.add_argument("runs_dir", type=Path)
+    rep.add_argument("runs_dir", type=Path, help="folder of records written by `peftbench run --out`")
     rep.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report)")
     rep.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                      help="show published VTAB-1k accuracies as labelled reference rows")
+    for command in sub.choices.values():
+        _plugin_arg(command, "plugin_after")
     return p
 
 
@@ -183,7 +214,21 @@ def _sweep_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                    help="refuse images with more pixels (decompression bombs); default "
                         f"{DEFAULT_MAX_IMAGE_PIXELS:,} (12000×12000 passes)")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op CPU threads, recorded in each record (default on a CPU: 1, so that the same run "
+                        "gives the same numbers on any machine; on CUDA: torch's default)")
+
     add_launcher_args(r)  # run and tune alike: workers re-run the same command line
+
+
+def _suite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--suite", default=DEFAULT_SUITE, help=f"the suite {what} (default {DEFAULT_SUITE}, as for `run`)")
+
+
+def _plugin_arg(p: argparse.ArgumentParser, dest: str) -> None:
+    p.add_argument("--plugin", dest=dest, action="append", default=[], metavar="FILE.py",
+                   help="import a Python file that registers methods (runs its code: only files you trust); "
+                        "repeatable, before or after the command")
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
@@ -210,7 +255,8 @@ def _sweep_request(args: argparse.Namespace):
                         backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
                         cache_dir=args.cache_dir, device=args.device, trust_checkpoint=args.trust_checkpoint,
                         checkpoint_every=args.checkpoint_every, claim_timeout=args.claim_timeout,
-                        worker_id=args.worker_id, max_image_pixels=args.max_image_pixels)
+                        worker_id=args.worker_id, max_image_pixels=args.max_image_pixels,
+                        threads=args.threads)
 
 
 def _interrupted(args: argparse.Namespace, console: Console) -> int:
@@ -324,20 +370,26 @@ def _cmd_make_synthetic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _cmd_methods(console: Console) -> int:
-    from .registry import families
-    from .runner import method_table, train_keys
+def _suite_line(suite: str, source: str) -> str:
+    return f"defaults from suite {suite} ({source}); --suite NAME for another"
 
+
+def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
+    from .catalog import load_suite, method_table, suite_source, train_keys
+    from .registry import families
+
+    suite = load_suite(args.suite, None)
+    console.print(_suite_line(suite.name, suite_source(suite)), markup=False)
     for family, members in sorted(families().items()):
         console.print(f"[bold]family {family}[/bold] = {', '.join(members)}  (--methods {family} runs them all)")
-    for m in method_table():
+    for m in method_table(suite):
         fam = f"  (family {m['family']})" if m["family"] != m["name"] else ""
         console.print(f"[bold]{m['name']}[/bold] v{m['version']}{fam}  {m['description']}")
         for k in m["knobs"]:
             searched = f"  (tune searches {k['search']})" if k.get("search") else ""
             console.print(f"    {m['name']}.{k['name']} = {k['default']!r}  {k['help']}{searched}", markup=False)
     console.print("\n[bold]training keys[/bold] (--set KEY=VALUE, or METHOD.KEY=VALUE for one method)")
-    for k in train_keys():
+    for k in train_keys(suite):
         console.print(f"    {k['name']} = {k['default']!r}  {k['help']}", markup=False)
     return 0
 
@@ -345,7 +397,8 @@ def _cmd_methods(console: Console) -> int:
 def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     from .data.tasks import suite_tasks
 
-    table = Table(title=f"suite {args.suite}")
+    table = Table(title=f"suite {args.suite}" + (" (the default; --suite NAME for another)"
+                                                 if args.suite == DEFAULT_SUITE else ""))
     for col in ("task", "group", "classes", "test images", "native", "aliases"):
         table.add_column(col)
     for t in suite_tasks(args.suite):
@@ -356,16 +409,18 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .config import DEFAULT_BACKBONE
-    from .runner import inspect_method
+    from .catalog import inspect_method
 
-    info = inspect_method(args.method, args.backbone or DEFAULT_BACKBONE, args.weights, args.num_classes,
-                          args.img_size, args.sets, trust_checkpoint=args.trust_checkpoint)
+    info = inspect_method(args.method, args.backbone, args.weights, args.num_classes, args.img_size, args.sets,
+                          suite=args.suite, task=args.task, recipe=args.recipe,
+                          trust_checkpoint=args.trust_checkpoint)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
+    console.print(_suite_line(info["suite"], info["suite_source"]), markup=False)
     console.print(f"{info['method']} on {info['backbone']} (weights: {info['weights']}), "
-                  f"{info['num_classes']} classes, {info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
+                  + (f"task {info['task']}, " if info["task"] else "")
+                  + f"{info['num_classes']} classes, {info['img_size'][0]}x{info['img_size'][1]} px", markup=False)
     console.print(f"  trainable parameters: {info['trainable_params']:,} (classifier {info['head_params']:,})")
     console.print(f"  stored per task:      {info['stored_per_task_params']:,} (trainable + per-task buffers)")
     console.print(f"  total parameters:     {info['total_params']:,}")
@@ -381,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()  # a bare `peftbench`: what it can do, not an error (exit 0)
+        return 0
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
     previous = None
@@ -391,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         pass  # not the main thread: leave signals alone
     try:
-        for plugin in args.plugin:
+        for plugin in [*args.plugin, *args.plugin_after]:
             load_plugin(plugin)
         if hasattr(args, "launcher"):
             check_launcher_args(args)
@@ -402,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             return _cmd_tune(args, console)
         if args.command == "methods":
-            return _cmd_methods(console)
+            return _cmd_methods(args, console)
         if args.command == "tasks":
             return _cmd_tasks(args, console)
         if args.command == "inspect":

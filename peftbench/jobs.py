@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from .data.splits import PROTOCOL_SPLITS, TaskLists
 from .data.tasks import TaskSpec
 from .errors import UsageError
 from .registry import MethodSpec
+from .train import EpochEnd, effective_precision, warmup_epochs
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class SweepRequest:
     claim_timeout: float = 600.0  # seconds without heartbeat after which another worker takes a run over
     worker_id: str | None = None  # default host:pid
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused as decompression bombs
+    threads: int | None = None  # intra-op threads; None: 1 on a CPU (same result on every machine), torch's on CUDA
 
 
 @dataclass
@@ -91,6 +93,9 @@ class Reporter:
         pass
 
     def run_finished(self, label: str, summary: str) -> None:
+        pass
+
+    def epoch_finished(self, end: EpochEnd) -> None:  # of the run last started
         pass
 
     def decode(self, label: str, total: int) -> Callable[[int], None]:
@@ -129,6 +134,14 @@ def default_suite_file(suite: str) -> Path | None:
     """The recipe shipped for a built-in suite (package data, so non-editable installs have it too)."""
     path = Path(__file__).resolve().parent / "suites" / f"{suite}.yaml"
     return path if path.is_file() else None
+
+
+def suite_source(suite: Suite) -> str:
+    """Where a suite's recipe comes from, short: the shipped file by its package path."""
+    source = suite.source
+    if source != "built-in defaults" and Path(source).resolve().parent == Path(__file__).resolve().parent / "suites":
+        return f"recipe peftbench/suites/{Path(source).name}"
+    return source if source == "built-in defaults" else f"recipe {source}"
 
 
 def load_suite(name: str, path: Path | None) -> Suite:
@@ -193,3 +206,25 @@ class JobOutcome:
     label: str
     path: Path | None = None  # the record written; None: skipped
     status: str | None = None
+
+
+def warmup_warnings(configs: Iterable[tuple[TrainConfig, Any, dict]]) -> list[str]:
+    """One warning per distinct warm-up that would have lasted the whole run (see train.warmup_epochs)."""
+    scaled = sorted({(c.warmup_epochs, c.epochs) for c, _, _ in configs if warmup_epochs(c) != c.warmup_epochs})
+    return [f"warning: warmup_epochs={w} >= epochs={e}: the learning rate would never reach its peak; warm-up "
+            f"scaled to {e // 10} epoch(s) (10% of epochs), recorded as metrics.warmup_scaled"
+            for w, e in scaled]
+
+
+def sweep_header(suite: Suite, backbone: Backbone, device: torch.device, jobs: list[Job],
+                 shape: tuple[int, int, int], done: int) -> str:
+    """The one line that says what a sweep is about to do, before it does anything long."""
+    weights = backbone.weights if backbone.weights in ("pretrained", "none") else Path(backbone.weights).name
+    precisions = sorted({effective_precision(job.tcfg, device) for job in jobs})
+    epochs = sorted({job.tcfg.epochs for job in jobs})
+    dev = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    m, t, s = shape
+    return (f"suite {suite.name} ({suite_source(suite)}) | backbone {backbone.name}, weights {weights} "
+            f"[{backbone.checksum[:8]}] | device {dev} | precision {'/'.join(precisions)} | "
+            f"epochs {'/'.join(map(str, epochs))} | {m} method(s) x {t} task(s) x {s} seed(s) = {len(jobs)} runs, "
+            f"{done} already done")

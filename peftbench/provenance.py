@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .repro import numerics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,4 +44,4 @@ def provenance(device: torch.device) -> dict[str, Any]:
     return {"versions": {"peftbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
                          "numpy": numpy.__version__, "python": platform.python_version()},
             "git_commit": commit, "git_dirty": dirty, "device": dev, "hostname": socket.gethostname(),
-            "argv": sys.argv[1:]}
+            "argv": sys.argv[1:], "numerics": numerics()}

@@ -2,7 +2,7 @@
 
 Schema (``SCHEMA_VERSION``)::
 
-    run_id, schema, status ("complete" | "diverged" | "oom" | "failed"), reason,
+    tool ("peftbench"), run_id, schema, status ("complete" | "diverged" | "oom" | "failed"), reason,
     method, task, suite, seed, created,
     config   {train {...}, method {...}}                fully resolved
     backbone {name, weights, checksum, img_size, interpolation, mean, std}
@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os  # noqa: F401  (tests patch records.os.fsync / .replace: the same os module atomic.py uses)
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .atomic import atomic_write  # records.atomic_write stays importable for ol
 from .errors import PeftbenchError
 
 SCHEMA_VERSION = 1
+TOOL = "peftbench"  # every record says who wrote it (records before this field are read by their shape)
 STATUSES = ("complete", "diverged", "oom", "failed")
 REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
 # a run with one of these statuses is not run again by the same command
@@ -122,9 +124,12 @@ def validate(record: Any) -> str | None:
     """None if the record has the schema's shape and believable values, else what is wrong (naming the field).
 
     A record is data from disk: hand-edited, written by another version, or damaged. The report computes
-    means and plots from it, so NaN, 1e308 or a string where a number belongs must not get that far."""
+    means and plots from it, so NaN, 1e308 or a string where a number belongs must not get that far.
+    Records carry ``tool: "peftbench"``; older ones (before the marker) are recognised by their shape."""
     if not isinstance(record, dict):
         return "not a JSON object"
+    if record.get("tool", TOOL) != TOOL:
+        return f"written by {record['tool']!r}, not {TOOL}"
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         return "missing key(s): " + ", ".join(missing)
@@ -152,30 +157,57 @@ REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the 
 LAUNCHER_DIRNAMES = ("_slurm", "_local")  # the launchers' logs inside the runs folder (launch.py): not scanned
 
 
-def iter_record_files(root: Path) -> Iterable[Path]:
-    root = Path(root)
-    def skipped(folder: str) -> bool:
-        return folder.startswith(".") or folder == REPORT_DIRNAME or folder in LAUNCHER_DIRNAMES
+RECORD_NAME = re.compile(r"seed-?\d+(-[0-9a-zA-Z_.-]*)?\.json")  # record_path writes seedN-RUNID.json
+MAX_DEPTH = 5  # records sit 3 folders down (method/task/file); 5 allows a folder of runs folders
+MAX_RECORD_BYTES = 1 << 20  # a record is a few kB: a bigger JSON file is another tool's and is not read
+_NOT_SEARCHED = {REPORT_DIRNAME, *LAUNCHER_DIRNAMES, "__pycache__", "node_modules", "site-packages"}
 
-    return sorted(p for p in root.rglob("*.json")
-                  if not p.name.startswith(".") and not any(map(skipped, p.relative_to(root).parts[:-1])))
+
+def iter_record_files(root: Path) -> list[Path]:
+    """The JSON files a runs folder can hold records in: not in hidden folders (checkpoints, claims),
+    report or package folders, nor deeper than ``MAX_DEPTH`` folders (``report /`` stays shallow)."""
+    root = Path(root)
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SEARCHED and depth < MAX_DEPTH)
+        found += [Path(folder) / n for n in sorted(files) if n.endswith(".json") and not n.startswith(".")]
+    return found
+
+
+def _read(path: Path) -> tuple[Any, str | None]:
+    """(the parsed file, None) or (None, why it is not a peftbench record at all)."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return None, "larger than a record (1 MB)"
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"unreadable JSON ({type(exc).__name__})"
 
 
 def load_records(root: Path) -> tuple[list[dict], list[str]]:
-    """All valid records under ``root`` and one message per file that is not one (named, skipped)."""
+    """The valid records under ``root``, and what was skipped: one message per damaged record (named
+    like one, or saying it is one: ``tool`` / ``schema``), one summary for other JSON files by reason."""
     records, problems = [], []
+    skipped: dict[str, list[Path]] = {}
     for path in iter_record_files(root):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path}: not a readable record ({type(exc).__name__}: {exc})")
-            continue
-        why = validate(rec)
-        if why:
+        rec, unread = _read(path)
+        ours = isinstance(rec, dict) and ("tool" in rec or "schema" in rec)
+        if unread and RECORD_NAME.fullmatch(path.name):
+            problems.append(f"{path}: not a readable record ({unread})")
+        elif unread or not ours:
+            skipped.setdefault(unread or "no 'tool' or 'schema' field", []).append(path)
+        elif why := validate(rec):
             problems.append(f"{path}: not a peftbench record ({why})")
-            continue
-        rec["_path"] = str(path)
-        records.append(rec)
+        else:
+            rec["_path"] = str(path)
+            records.append(rec)
+    if skipped:
+        total = sum(map(len, skipped.values()))
+        examples = [p for ps in skipped.values() for p in ps][:3]
+        problems.append(f"{total} JSON file(s), each not a peftbench record ("
+                        + "; ".join(f"{why}: {len(ps)}" for why, ps in skipped.items())
+                        + "), e.g. " + ", ".join(map(str, examples)))
     return records, problems
 
 

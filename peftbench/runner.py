@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import time
@@ -22,6 +21,7 @@ from .config import TrainConfig, parse_sets, resolve
 from .data.content import task_content_warnings
 from .data.images import Batches, SplitData, default_cache_dir, load_split
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
+from .data.synthetic import is_synthetic
 from .data.tasks import TaskSpec, resolve_tasks
 from .errors import DataError, PeftbenchError, UsageError
 from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks import them from here)
@@ -40,6 +40,9 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     resolve_weights,
     run_id_of,
     suite_of,
+    suite_source,
+    sweep_header,
+    warmup_warnings,
 )
 from .measure import (
     RunMemory,
@@ -52,8 +55,9 @@ from .measure import (
 )
 from .method_api import BuildContext
 from .provenance import provenance
-from .records import FINAL_STATUSES, SCHEMA_VERSION, RecordError, find_record, record_path, write_record
+from .records import FINAL_STATUSES, SCHEMA_VERSION, TOOL, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, expand_methods, get_method
+from .repro import pin_threads
 from .status import write_manifest
 from .train import (
     Diverged,
@@ -65,6 +69,7 @@ from .train import (
     make_step,
     seed_everything,
     train,
+    warmup_epochs,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -114,9 +119,10 @@ def _train_and_evaluate(model: torch.nn.Module, batches: tuple[Batches, Batches]
     reporter.run_progress(0, total_steps + eval_steps, description="train")
     clock.start("train")
     result = train(model, train_batches, tcfg, device, seed, on_step=lambda d, t: reporter.run_progress(d),
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, val_batches=eval_batches if eval_split != "test" else None,
+                   on_epoch=reporter.epoch_finished)  # per-epoch validation under protocol=val only
     metrics.update(final_train_loss=result.losses[-1], first_step_s=result.first_step_s,
-                   epochs_done=result.epochs_done)
+                   epochs_done=result.epochs_done, history=result.history())
     clock.stop("train")
     reporter.run_progress(total_steps, description=f"evaluate {eval_split}")
     clock.start("evaluation")
@@ -164,7 +170,9 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
                                "compiled": effective_compile(tcfg, device),
                                "merged": merged,
-                               "gflops": inference_gflops(merged_model, backbone.preprocess.img_size, device)}
+                               "gflops": inference_gflops(merged_model, backbone.preprocess.img_size, device),
+                               "warmup_epochs": warmup_epochs(tcfg),
+                               "warmup_scaled": warmup_epochs(tcfg) != tcfg.warmup_epochs}
     status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:
         resumed_from = _train_and_evaluate(model, batches, eval_split, seed, tcfg, precision, device, reporter,
@@ -223,7 +231,10 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     configs = {p: resolve(get_method(p.method), p.task, suite, sets + parse_sets(list(p.sets)), req.recipe)
                for p in points}
     data_root = _data_root(req, suite_name)
+    for note in warmup_warnings(configs.values()):
+        reporter.message(note)
     device = resolve_device(req.device)
+    pin_threads(device, req.threads)
     cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
     lists = _preflight(data_root, tasks, reporter)
     backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
@@ -239,6 +250,9 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
             for t in tasks if protocols[t.name]}
     jobs = [_job(by_name[p.task], get_method(p.method), seed, configs[p], data[p.task], suite_name, backbone,
                  device, p) for p in points for seed in p.seeds]
+    done = sum(1 for job in jobs if (find_record(Path(req.out), job.run_id) or {}).get("status") in FINAL_STATUSES)
+    shape = (len({p.method for p in points}), len(tasks), len({s for p in points for s in p.seeds}))
+    reporter.message(sweep_header(suite, backbone, device, jobs, shape, done))
     return Plan(req, jobs, backbone, data, device, cache_dir, suite_name)
 
 
@@ -423,14 +437,16 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
     td = plan.data[job.task.name]
     train_split, eval_split = PROTOCOL_SPLITS[job.tcfg.protocol]
     return {
-        "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"], "reason": outcome["reason"],
+        "tool": TOOL, "schema": SCHEMA_VERSION, "run_id": job.run_id, "status": outcome["status"],
+        "reason": outcome["reason"],
         "method": job.spec.name, "method_version": job.spec.version, "task": job.task.name, "suite": plan.suite,
         "seed": job.seed,
         "created": started, "config": job.resolved,
         "backbone": plan.backbone.describe(),
         "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
                  "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
-                 "train_split": train_split, "eval_split": eval_split},
+                 "train_split": train_split, "eval_split": eval_split,
+                 "synthetic": is_synthetic(td.lists.folder.resolve().parent)},
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
         "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
         "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
@@ -451,42 +467,3 @@ def _summary_line(outcome: dict[str, Any]) -> str:
     m = outcome["metrics"]
     top1 = m.get("test_top1", m.get("val_top1"))
     return f"top-1 {top1:.2f}%  trainable {m['trainable_params']:,}  {m['gflops']:.2f} GFLOPs"
-
-
-# ----------------------------------------------------------------------------------------------
-# without data: a method's size and cost, the knobs
-
-
-def inspect_method(method: str, backbone: str = DEFAULT_BACKBONE, weights: str = "none", num_classes: int = 100,
-                   img_size: int | None = None, sets: list[str] | None = None, suite: str = "vtab1k",
-                   task: str | None = None, trust_checkpoint: bool = False) -> dict[str, Any]:
-    """Parameters and inference GFLOPs of a method on a backbone, without data or training."""
-    spec = get_method(method)
-    tcfg, mcfg, resolved = resolve(spec, task, load_suite(suite, None), parse_sets(sets or []))
-    bb = load_backbone(backbone, weights, img_size, trust_checkpoint)
-    vit = bb.instantiate(num_classes, drop_path=tcfg.drop_path)
-    shared = tensor_ids(vit)
-    ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
-                       cache_dir=default_cache_dir())
-    model = spec.build(vit, num_classes, mcfg, ctx)
-    merged_model, merged = inference_model(model)
-    out = {"method": method, "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,
-           "img_size": list(bb.preprocess.img_size), **count_params(model),
-           "stored_per_task_params": stored_per_task(model, shared),
-           "gflops": inference_gflops(merged_model, bb.preprocess.img_size), "merged": merged,
-           "config": resolved["method"], "method_info": ctx.info, "notices": ctx.notices}
-    if merged:  # what the adaptation costs before it is folded in
-        out["gflops_unmerged"] = inference_gflops(model, bb.preprocess.img_size)
-    return out
-
-
-def method_table() -> list[dict[str, Any]]:
-    from .registry import available_methods
-
-    return [{"name": n, "description": get_method(n).description, "knobs": get_method(n).knobs(),
-             "family": get_method(n).family_name, "version": get_method(n).version} for n in available_methods()]
-
-
-def train_keys() -> list[dict[str, Any]]:
-    return [{"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
-            for f in dataclasses.fields(TrainConfig)]

@@ -98,6 +98,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
+def warmup_epochs(cfg: TrainConfig) -> int:
+    """The warm-up actually used: as asked, unless it would last the whole run.
+
+    ``--set epochs=2`` under a recipe with 10 warm-up epochs would otherwise train entirely below
+    the peak learning rate (chance accuracy at epochs=1); the warm-up is then scaled to 10 % of
+    the epochs (the VTAB recipe's ratio, rounded down), with a warning and ``metrics.warmup_scaled``.
+    """
+    return cfg.warmup_epochs if cfg.warmup_epochs < cfg.epochs else cfg.epochs // 10
+
+
 def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Linear warm-up from warmup_lr to lr, then cosine down to min_lr.
 
@@ -105,12 +115,13 @@ def lr_at(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     (t_initial=epochs, warmup_prefix off, stepped per epoch) drives the official SHIP runs: warm-up
     warmup_lr + e·(lr - warmup_lr)/warmup_epochs, then the cosine of e/epochs (warm-up epochs included).
     """
+    warm_epochs = warmup_epochs(cfg)
     if cfg.schedule == "per_epoch":
         epoch = step // steps_per_epoch
-        if epoch < cfg.warmup_epochs:
-            return cfg.warmup_lr + epoch * (cfg.lr - cfg.warmup_lr) / cfg.warmup_epochs
+        if epoch < warm_epochs:
+            return cfg.warmup_lr + epoch * (cfg.lr - cfg.warmup_lr) / warm_epochs
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, epoch / cfg.epochs)))
-    warm = cfg.warmup_epochs * steps_per_epoch
+    warm = warm_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if step < warm:
         return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warm
@@ -231,17 +242,38 @@ def frozen_features(model: nn.Module, batches: Batches, batch_size: int, autocas
 
 
 @dataclass
+class EpochEnd:
+    """What the loop knows when an epoch ends: the progress line and the record's history are made of it."""
+
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    val_top1: float | None  # only when the loop was given a validation split (protocol=val)
+    elapsed_s: float  # since the loop started (this attempt)
+
+
+@dataclass
 class TrainResult:
     epochs_done: int
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    val_top1: list[float | None] = field(default_factory=list)  # per epoch, None without a validation split
     first_step_s: float | None = None  # wall time of the first step (compiled: the compilation)
     resumed_from: int = 0  # epochs restored from a checkpoint
 
+    def history(self) -> list[dict[str, float | int | None]]:
+        """The record's ``metrics.history``: one entry per epoch, resumed epochs included."""
+        return [{"epoch": i + 1, "train_loss": loss, "val_top1": val}
+                for i, (loss, val) in enumerate(zip(self.losses, self.val_top1))]
+
 
 def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.device, seed: int,
-          on_step: Callable[[int, int], None] | None = None, checkpoint: Checkpointer | None = None
+          on_step: Callable[[int, int], None] | None = None, checkpoint: Checkpointer | None = None,
+          val_batches: Batches | None = None, on_epoch: Callable[[EpochEnd], None] | None = None
           ) -> TrainResult:
-    """Train for cfg.epochs on ``batches``; the evaluation split is not touched here.
+    """Train for cfg.epochs on ``batches``; the test split is never touched here.
+
+    ``val_batches`` (protocol=val only: the val200 split) is evaluated after every epoch for the
+    learning curve; evaluation uses no randomness, so the run's result does not change with it.
 
     A non-finite loss raises :class:`Diverged`: checked every step on the CPU (free), once per
     epoch on CUDA (no sync per step). No batch is ever skipped. With a ``checkpoint``, the
@@ -271,10 +303,13 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], gen)
-        result = TrainResult(saved["epochs_done"], list(saved["losses"]), resumed_from=saved["epochs_done"])
+        result = TrainResult(saved["epochs_done"], list(saved["losses"]),
+                             list(saved.get("val_top1", [None] * saved["epochs_done"])),
+                             resumed_from=saved["epochs_done"])
     total_steps = cfg.epochs * steps_per_epoch
     done = result.epochs_done * steps_per_epoch
     check_every_step = device.type != "cuda"
+    started = time.perf_counter()
     for epoch in range(result.epochs_done, cfg.epochs):
         trained.train()
         if hasattr(model, "on_epoch_start"):
@@ -299,12 +334,19 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
         epoch_loss = float(loss_sum) / seen
         if not math.isfinite(epoch_loss):
             raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
+        val = None
+        if val_batches is not None:
+            val = evaluate(model, val_batches, cfg.eval_batch_size, precision, device)
         result.losses.append(epoch_loss)
+        result.val_top1.append(val)
         result.epochs_done = epoch + 1
+        if on_epoch:
+            on_epoch(EpochEnd(epoch + 1, cfg.epochs, epoch_loss, val, time.perf_counter() - started))
         if checkpoint and checkpoint.due(result.epochs_done, cfg.epochs):
             checkpoint.save({**fits, "model": trainable_state(model), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "rng": rng_state(gen),
-                             "epochs_done": result.epochs_done, "losses": result.losses})
+                             "epochs_done": result.epochs_done, "losses": result.losses,
+                             "val_top1": result.val_top1})
     return result
 
 

@@ -143,9 +143,13 @@ def test_official_affinity_file_groups_a_twelve_block_vit(tmp_path):
         build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(affinity=affinity), ctx())
 
 
-def test_without_layers_or_data_is_a_clear_error():
-    with pytest.raises(UsageError, match="ship.layers="):
-        build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(), ctx())
+def test_without_layers_or_data_every_block_is_counted_with_a_note():
+    """No training images and no published grouping (peftbench inspect without --task): the most
+    prompts SHIP can select, said in a note, instead of an error (issue 17)."""
+    context = ctx()
+    build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(), context)
+    assert context.info["layers"] == [0, 1, 2, 3] and context.info["layers_source"].startswith("every block")
+    assert any("every block of 4 is counted as prompted" in note for note in context.notices)
 
 
 @pytest.mark.parametrize("knobs, match", [({"layers": "1,2"}, "including 0"), ({"prompt_length": 0}, "at least 1"),

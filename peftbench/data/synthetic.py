@@ -6,6 +6,7 @@ so accuracy above chance means the pipeline works; the content is otherwise rand
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,10 +75,21 @@ def _native_hw(task: TaskSpec) -> tuple[int, int]:
     return height, width
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.json"  # in a data root from make-synthetic: records of it say data.synthetic
+
+
+def is_synthetic(data_root: Path) -> bool:
+    """Whether ``data_root`` was written by ``make-synthetic`` (random images: timing, not accuracy)."""
+    return (Path(data_root) / SYNTHETIC_MARKER).is_file()
+
+
 def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, seed: int = 0,
                    overwrite: bool = False, on_task: Callable[[str], None] | None = None) -> Path:
     """A stand-in for a whole suite: the real split sizes (times ``scale``) and native resolutions, JPEG."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SYNTHETIC_MARKER).write_text(json.dumps({"synthetic": True, "content": "random (timing only)",
+                                                    "scale": scale, "seed": seed}, indent=1) + "\n")
     for n, task in enumerate(tasks):
         folder = out / task.name
         if folder.exists():

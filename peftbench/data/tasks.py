@@ -8,6 +8,7 @@ from ..errors import UsageError
 from ..registry import did_you_mean
 
 GROUPS = ("natural", "specialized", "structured")
+DEFAULT_SUITE = "mini"  # every command's default (run, methods, tasks, inspect): built in, needs no download
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def suite_tasks(suite: str) -> tuple[TaskSpec, ...]:
         importlib.import_module(BUILTIN_SUITE_MODULES[suite])
     if suite not in SUITES:
         known = sorted(set(SUITES) | set(BUILTIN_SUITE_MODULES))
-        raise UsageError(f"unknown suite '{suite}'" + did_you_mean(suite, known))
+        raise UsageError(f"unknown suite '{suite}'" + did_you_mean(suite, known) + f" (suites: {', '.join(known)})")
     return SUITES[suite]
 
 
@@ -96,7 +97,8 @@ def resolve_tasks(spec: str, suite: str = "vtab1k") -> list[TaskSpec]:
     out: list[TaskSpec] = []
     for name in (s.strip() for s in spec.split(",") if s.strip()):
         if name not in by_name:
-            raise UsageError(f"unknown task '{name}' in suite '{suite}'" + did_you_mean(name, sorted(by_name)))
+            raise UsageError(f"unknown task '{name}' in suite '{suite}'" + did_you_mean(name, sorted(by_name))
+                             + f" (tasks: {', '.join(t.name for t in table)}; or 'all')")
         if by_name[name] not in out:
             out.append(by_name[name])
     return out

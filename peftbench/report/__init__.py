@@ -103,7 +103,7 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
     for problem in problems:
         (on_problem or log.warning)(problem)
     if not records:
-        extra = f" ({len(problems)} unreadable file(s) skipped)" if problems else ""
+        extra = f" (skipped: see the {len(problems)} warning(s) above)" if problems else ""
         raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
     tables = summary_tables([r for r in records if not is_tuned(r)], load_reference() if reference else None)
     tuned = tuned_tables(records)
@@ -129,7 +129,8 @@ def _write_files(folder: Path, tables: list[Table], records: list[dict], problem
         pd.DataFrame(tuned_rows(tuned)).to_csv(folder / "tuned.csv", index=False)
     style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))
     for table in tables:
-        for name, fig in table_figures(table, style).items():
+        mine = [r for r in records if setting_of(r) == table.setting]
+        for name, fig in table_figures(table, style, mine).items():
             for fmt in ("png", "svg"):
                 meta = {"Date": None} if fmt == "svg" else {"Software": None}
                 fig.savefig(folder / f"{name}.{fmt}", format=fmt, dpi=DPI, metadata=meta)

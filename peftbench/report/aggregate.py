@@ -25,6 +25,8 @@ REFERENCE_SUITE = "vtab1k"
 RECIPE_NOTE = ("Recipe '{recipe}': a reproduction of the authors' published per-task settings. The authors chose "
                "these settings by maximum test accuracy (test-set selection), so these rows are not comparable to "
                "shared-recipe or tuned rows and are never averaged with them.")
+REFERENCE_BACKBONE = "vit_base_patch16_224.orig_in21k"  # the published rows' backbone and weights: ViT-B/16 in21k
+SYNTHETIC_FLAG = "SYNTHETIC DATA — timing only"
 STATUS_TEXT = {"diverged": "diverged", "oom": "OOM", "failed": "failed"}
 _CAVEAT_MARKERS = ("best test", "test-set selection")  # reference protocols that selected on test
 
@@ -190,6 +192,7 @@ class Table:
         metric = "val200 top-1" if self.metric == "val_top1" else "test top-1"
         flag = "⚠ RANDOM-INIT BACKBONE (weights: none) — " if self.random_init else ""
         recipe = f" · recipe {s.recipe} (authors' settings, chosen on test)" if s.recipe != "shared" else ""
+        flag = f"⚠ {SYNTHETIC_FLAG} — {flag}" if s.synthetic else flag
         return (f"{flag}{s.backbone} (weights {weights}{checksum}) · {size} px · suite {s.suite} · "
                 f"protocol {s.protocol} ({metric}, %) · {s.epochs} epochs · {s.precision or 'precision unresolved'}"
                 f"{recipe}")
@@ -198,6 +201,7 @@ class Table:
         s = self.setting
         size = "×".join(str(v) for v in s.img_size)
         flag = " · RANDOM INIT" if self.random_init else ""
+        flag += f" · {SYNTHETIC_FLAG}" if s.synthetic else ""
         precision = s.precision or "precision unresolved"
         return f"Table {self.number}: {s.backbone} · {s.protocol} · {s.epochs} ep · {size} · {precision}{flag}"
 
@@ -296,9 +300,15 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
         weights_names = sorted({str((r.get("backbone") or {}).get("weights")) for r in recs})
         refs, ref_notes = [], []
         if reference is not None:
-            if setting.suite != REFERENCE_SUITE:
+            if setting.synthetic:
+                ref_notes = ["No published reference rows: this table's data are synthetic (random content from "
+                             "`make-synthetic`), so its accuracies mean nothing; timing only."]
+            elif setting.suite != REFERENCE_SUITE:
                 ref_notes = ["No published reference rows: they are VTAB-1k numbers and this table is for "
                              + f"suite '{setting.suite}'."]
+            elif setting.backbone != REFERENCE_BACKBONE:
+                ref_notes = [f"No published reference rows: they were obtained with ViT-B/16 ImageNet-21k "
+                             f"({REFERENCE_BACKBONE}) and this table's backbone is {setting.backbone}."]
             elif "none" in weights_names:
                 ref_notes = ["No published reference rows: they come from a pre-trained backbone and this table's "
                              + "backbone is randomly initialised."]

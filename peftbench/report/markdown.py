@@ -124,6 +124,7 @@ _PLOT_CAPTIONS = {
     "heatmap": "Per-task top-1",
     "accuracy_vs_throughput": "Mean top-1 vs inference throughput",
     "group_means": "Group means",
+    "training_curves": "Training curves",
 }
 
 
@@ -135,7 +136,7 @@ def render_markdown(tables: list[Table], records: list[dict], problems: list[str
     out = ["# peftbench report", "",
            f"Generated {generated} from `{runs_dir}`: {len(records)} record(s) in {len(tables)} table(s) — "
            + ", ".join(f"{n} {s}" for s, n in counts.items())
-           + (f"; {len(problems)} unreadable file(s) skipped." if problems else "."), ""]
+           + ("; some files were skipped (see Skipped files)." if problems else "."), ""]
     if len(tables) > 1:
         out += ["Runs that are not comparable (backbone, weights, image size, protocol, epochs, precision or "
                 + "suite differ) are in separate tables.", ""]

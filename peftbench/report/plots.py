@@ -6,6 +6,9 @@ matplotlib is imported inside the functions so that building tables does not pay
 from __future__ import annotations
 
 import textwrap
+import zlib
+from collections import defaultdict
+from statistics import fmean
 from typing import Any
 
 from .aggregate import STATUS_TEXT, Row, Table
@@ -18,7 +21,7 @@ BAR_SIZE = (10.0, 5.6)
 def plot_names(number: int) -> dict[str, str]:
     suffix = "" if number == 1 else f"_table{number}"
     return {kind: f"{kind}{suffix}" for kind in ("accuracy_vs_params", "heatmap", "accuracy_vs_throughput",
-                                                  "group_means")}
+                                                  "group_means", "training_curves")}
 
 
 
@@ -31,13 +34,26 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-def _style(methods: list[str]) -> dict[str, tuple[Any, str]]:
-    """A fixed colour and marker per method, the same in every plot of a report."""
+# tab20 index and marker of the methods peftbench ships, so that a method looks the same in every report
+KNOWN_STYLES = {"linear": (14, "o"), "full": (6, "s"), "vpt_shallow": (1, "v"), "vpt_deep": (0, "^"),
+                "ship": (2, "D"), "bitfit": (4, "P"), "ln_tune": (5, "p"), "lora": (8, "X"), "adapter": (10, "h"),
+                "adaptformer": (11, "H"), "ssf": (12, "*"), "fact": (16, "d"), "repadapter": (18, "<")}
+MARKERS = "osD^vP*Xh<>pdH"
+
+
+def method_style(method: str) -> tuple[Any, str]:
+    """The colour and marker of a method: fixed for known methods, else from a stable hash of its name
+    (crc32, not Python's salted ``hash``), so a method keeps its look whatever else a report holds."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    markers = "osD^vP*Xh<>p"
-    return {m: (cmap(i % cmap.N), markers[i % len(markers)]) for i, m in enumerate(methods)}
+    index, marker = KNOWN_STYLES.get(method) or (zlib.crc32(method.encode()) % 20,
+                                                 MARKERS[zlib.crc32(method.encode()[::-1]) % len(MARKERS)])
+    return colormaps["tab20"](index), marker
+
+
+def _style(methods: list[str]) -> dict[str, tuple[Any, str]]:
+    """Colour and marker per method for the plots of a report (see :func:`method_style`)."""
+    return {m: method_style(m) for m in methods}
 
 
 def _title(fig, title: str, table: Table) -> None:
@@ -67,6 +83,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i])
 
 
+def whole_suite_front(rows: list[Row], pts: list[tuple[float, float]]) -> list[int]:
+    """The Pareto front among methods averaged over every task: a mean over fewer tasks is not
+    comparable with the others, so such a method is drawn hollow and labelled n/N, never on the front."""
+    whole = [i for i, r in enumerate(rows) if not r.mean_tasks.partial]
+    return [whole[i] for i in pareto_front([pts[i] for i in whole])]
+
+
 def _scatter(table: Table, style: dict, xkey: str, xlabel: str, title: str, refs: bool):
     fig = _figure(SCATTER_SIZE)
     ax = fig.add_subplot()
@@ -74,18 +97,19 @@ def _scatter(table: Table, style: dict, xkey: str, xlabel: str, title: str, refs
     pts = [(r.costs[xkey], r.mean_tasks.mean) for r in rows]
     ref_rows = [r for r in table.references if refs and r.costs.get(xkey) and r.mean_tasks.mean is not None]
     if xkey == "params_m":
-        front = pareto_front(pts)
+        front = whole_suite_front(rows, pts)
         if len(front) >= 2:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], drawstyle="steps-post", color="0.3",
-                    lw=1.2, ls="--", zorder=1, label="Pareto front (ours)")
+                    lw=1.2, ls="--", zorder=1, label="Pareto front (ours, methods on every task)")
         for i in front:
             ax.scatter(*pts[i], s=260, facecolors="none", edgecolors="black", linewidths=1.6, zorder=2)
     for row, (x, y) in zip(rows, pts):
         color, marker = style[row.method]
         if row.mean_tasks.std is not None:
             ax.errorbar(x, y, yerr=row.mean_tasks.std, fmt="none", ecolor=color, capsize=3, zorder=3)
-        ax.scatter(x, y, s=90, color=color, marker=marker, edgecolors="white", linewidths=0.8, zorder=4,
-                   label=_legend_label(row))
+        fill = {"facecolors": "none", "edgecolors": [color], "linewidths": 1.6} if row.mean_tasks.partial else \
+            {"color": color, "edgecolors": "white", "linewidths": 0.8}  # hollow: a mean over fewer tasks
+        ax.scatter(x, y, s=90, marker=marker, zorder=4, label=_legend_label(row), **fill)
     for row in ref_rows:
         color, marker = style.get(row.method, ("0.4", "o"))
         ax.scatter(row.costs[xkey], row.mean_tasks.mean, s=90, facecolors="none", edgecolors=[color],
@@ -214,9 +238,63 @@ def plot_group_means(table: Table, style: dict):
     return fig
 
 
-def table_figures(table: Table, style: dict) -> dict[str, Any]:
+def _curves(records: list[dict]) -> dict[tuple[str, str], dict[str, list[list[float]]]]:
+    """(task, method) -> per-epoch series over seeds: {"train_loss": [[...], ...], "val_top1": [...]}."""
+    out: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for rec in records:
+        history = (rec.get("metrics") or {}).get("history") or []
+        for key in ("train_loss", "val_top1"):
+            series = [h.get(key) for h in history]
+            if series and all(v is not None for v in series):
+                out[(rec["task"], rec["method"])][key].append(series)
+    return out
+
+
+def plot_training_curves(table: Table, style: dict, records: list[dict]):
+    """Mean over seeds of each epoch's training loss (solid) and, under protocol=val, val200 top-1
+    (dashed, right axis), one panel per task; records from before ``metrics.history`` have none."""
+    from matplotlib.ticker import MaxNLocator
+
+    curves = _curves(records)
+    tasks = [t for t in table.layout.tasks if any(task == t for task, _ in curves)]
+    cols = min(3, max(1, len(tasks)))
+    fig = _figure((SCATTER_SIZE[0], 2.8 * -(-max(1, len(tasks)) // cols) + 1.2))
+    if not tasks:
+        _no_data(fig.add_subplot(), "no per-epoch history in these records (written before metrics.history)")
+    for k, task in enumerate(tasks):
+        ax = fig.add_subplot(-(-len(tasks) // cols), cols, k + 1)
+        twin = None
+        for method in sorted(m for t, m in curves if t == task):
+            color, _ = style.get(method, method_style(method))
+            series = curves[(task, method)]
+            for key, axis, ls in (("train_loss", ax, "-"), ("val_top1", None, "--")):
+                runs = series.get(key)
+                if not runs or len({len(r) for r in runs}) != 1:
+                    continue
+                if axis is None:
+                    twin = twin or ax.twinx()
+                    axis = twin
+                axis.plot(range(1, len(runs[0]) + 1), [fmean(v) for v in zip(*runs)], ls=ls, color=color,
+                          label=method if key == "train_loss" else None)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("train loss")
+        if twin is not None:
+            twin.set_ylabel("val200 top-1 (%, dashed)")
+        ax.grid(True, alpha=0.3)
+    if tasks:
+        handles = {h.get_label(): h for ax in fig.axes for h in ax.get_lines() if not h.get_label().startswith("_")}
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=5, fontsize=9,
+                   frameon=False)
+    _title(fig, "Training curves (mean over seeds)", table)
+    return fig
+
+
+def table_figures(table: Table, style: dict, records: list[dict] | None = None) -> dict[str, Any]:
     names = plot_names(table.number)
     return {names["accuracy_vs_params"]: plot_accuracy_vs_params(table, style),
             names["heatmap"]: plot_heatmap(table),
             names["accuracy_vs_throughput"]: plot_accuracy_vs_throughput(table, style),
-            names["group_means"]: plot_group_means(table, style)}
+            names["group_means"]: plot_group_means(table, style),
+            names["training_curves"]: plot_training_curves(table, style, records or [])}

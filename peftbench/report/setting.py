@@ -29,10 +29,11 @@ class Setting:
     epochs: int | None
     precision: str | None
     recipe: str = "shared"  # "official": the authors' per-task settings (a reproduction, never mixed in)
+    synthetic: bool = False  # data from `make-synthetic`: random content, timing only
 
     LABELS: ClassVar[dict[str, str]] = {"suite": "suite", "backbone": "backbone", "weights": "weights checksum",
               "img_size": "image size", "protocol": "protocol", "epochs": "epochs", "precision": "precision",
-              "recipe": "recipe"}
+              "recipe": "recipe", "synthetic": "synthetic data"}
 
     def differences(self, other: Setting) -> list[str]:
         return [self.LABELS[f.name] for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
@@ -51,6 +52,7 @@ def setting_of(record: dict) -> Setting:
         epochs=train.get("epochs"),
         precision=None if precision == "auto" else precision,
         recipe=(record.get("config") or {}).get("recipe") or "shared",  # records before recipes: shared
+        synthetic=bool((record.get("data") or {}).get("synthetic")),
     )
 
 
