@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -63,22 +63,24 @@ class Average:
 
 def _average(cells: list[Cell], total: int) -> Average:
     used = [c for c in cells if c.by_seed]
-    if not used:
-        return Average(None, None, 0, total, {})
-    common = set.intersection(*(set(c.by_seed) for c in used))
-    per_seed = {s: fmean(c.by_seed[s] for c in used) for s in sorted(common)}
-    std = stdev(per_seed.values()) if len(per_seed) >= 2 else None
-    return Average(fmean(c.mean for c in used), std, len(used), total, per_seed)
+    return _combine([c.mean for c in used], [c.by_seed for c in used], len(used), total)
 
 
 def _mean_of_averages(avgs: list[Average], total: int) -> Average:
     used = [a for a in avgs if a.mean is not None]
-    if not used:
+    return _combine([a.mean for a in used], [a.per_seed for a in used], sum(a.n for a in used), total)
+
+
+def _combine(means: list[float], by_seed: list[dict[int, float]], n: int, total: int) -> Average:
+    """The mean of the parts' means; the spread over seeds from the per-seed means of the seeds
+    every part has (a seed missing somewhere would bias the std). ``fmean``/``stdev`` (exactly
+    rounded) rather than pandas' own mean: the exported numbers stay bit-for-bit stable."""
+    if not means:
         return Average(None, None, 0, total, {})
-    common = set.intersection(*(set(a.per_seed) for a in used))
-    per_seed = {s: fmean(a.per_seed[s] for a in used) for s in sorted(common)}
+    common = pd.DataFrame(by_seed).dropna(axis="columns")  # parts × seeds, seeds every part has
+    per_seed = {seed: fmean(common[seed]) for seed in sorted(common.columns)}
     std = stdev(per_seed.values()) if len(per_seed) >= 2 else None
-    return Average(fmean(a.mean for a in used), std, sum(a.n for a in used), total, per_seed)
+    return Average(fmean(means), std, n, total, per_seed)
 
 
 @dataclass
@@ -210,40 +212,40 @@ def _config_key(record: dict) -> str:
     return json.dumps(record.get("config"), sort_keys=True, default=str)
 
 
-def _newest(records: list[dict]) -> dict:
-    return max(records, key=lambda r: (str(r.get("created") or ""), r.get("_path", "")))
-
-
-def _latest(records: list[dict]) -> tuple[dict[tuple, dict], int]:
-    """One record per (method, task, seed), all of one configuration per (method, task): the newest
+def _latest(records: list[dict]) -> tuple[pd.DataFrame, int]:
+    """One run per (method, task, seed), all of one configuration per (method, task): the newest
     record's. Runs of another configuration (lr 0.1 next to lr 0.5) are superseded, never averaged
-    into the same cell. Returns the chosen records and the count of superseded ones."""
-    by_cell: dict[tuple, list[dict]] = defaultdict(list)
-    for rec in records:
-        by_cell[(rec["method"], rec["task"])].append(rec)
-    by_key: dict[tuple, list[dict]] = defaultdict(list)
-    for (method, task), recs in by_cell.items():
-        config = _config_key(_newest(recs))
-        for rec in recs:
-            if _config_key(rec) == config:
-                by_key[(method, task, rec["seed"])].append(rec)
-    chosen = {k: _newest(v) for k, v in by_key.items()}
-    return chosen, len(records) - len(chosen)
+    into the same cell. Returns the chosen runs (one row each, ``record`` holding the record, in the
+    order the records first name their cell and seed) and the count of superseded ones."""
+    frame = pd.DataFrame([(r["method"], r["task"], r["seed"], _config_key(r), str(r.get("created") or ""),
+                           r.get("_path", ""), r) for r in records],
+                         columns=["method", "task", "seed", "config", "created", "path", "record"])
+    frame["order"] = frame.index
+    cell, run = ["method", "task"], ["method", "task", "seed"]
+    # newest first (by creation time, then file path); of two equally new records the earlier one
+    newest = frame.sort_values(["created", "path", "order"], ascending=[False, False, True])
+    newest = newest[newest["config"] == newest.groupby(cell, dropna=False)["config"].transform("first")]
+    chosen = newest.drop_duplicates(run).assign(
+        cell_first=lambda f: frame.groupby(cell, dropna=False)["order"].transform("min")[f.index],
+        run_first=lambda f: newest.groupby(run, dropna=False)["order"].transform("min")[f.index])
+    return chosen.sort_values(["cell_first", "run_first"]), len(records) - len(chosen)
 
 
-def _method_cells(chosen: dict[tuple, dict], method: str, metric: str) -> dict[str, Cell]:
-    cells: dict[str, Cell] = defaultdict(Cell)
-    for (m, task, seed), rec in chosen.items():
-        if m != method:
-            continue
-        acc = (rec.get("metrics") or {}).get(metric)
-        if rec["status"] == "complete" and acc is not None:
-            cells[task].by_seed[seed] = float(acc)
-        elif rec["status"] == "complete":
-            cells[task].failed[seed] = ("failed", f"no {metric} in the record")
-        else:
-            cells[task].failed[seed] = (rec["status"], one_line(rec.get("reason") or ""))
-    return dict(cells)
+def _method_cells(chosen: pd.DataFrame, metric: str) -> dict[str, Cell]:
+    """One method's chosen runs → a Cell per task: the accuracies of its complete seeds and why
+    the others are not in it."""
+    cells = {}
+    for task, runs in chosen.groupby("task", sort=False, dropna=False):
+        cell = cells[task] = Cell()
+        for seed, rec in zip(runs["seed"], runs["record"]):
+            acc = (rec.get("metrics") or {}).get(metric)
+            if rec["status"] == "complete" and acc is not None:
+                cell.by_seed[seed] = float(acc)
+            elif rec["status"] == "complete":
+                cell.failed[seed] = ("failed", f"no {metric} in the record")
+            else:
+                cell.failed[seed] = (rec["status"], one_line(rec.get("reason") or ""))
+    return cells
 
 
 def load_reference(path: Path | None = None) -> list[dict]:
@@ -284,11 +286,11 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
     for number, (setting, recs) in enumerate(split_settings(records).items(), start=1):
         chosen, superseded = _latest(recs)
         metric = metric_name(setting.protocol)
-        layout = task_layout(setting.suite, {t for (_, t, _) in chosen})
+        layout = task_layout(setting.suite, set(chosen["task"]))
         rows = []
-        for method in sorted({m for (m, _, _) in chosen}):
-            row = make_row(method, "peftbench", _method_cells(chosen, method, metric), layout)
-            row.costs = _costs([r for (m, _, _), r in chosen.items() if m == method and r["status"] == "complete"])
+        for method, runs in chosen.groupby("method"):
+            row = make_row(method, "peftbench", _method_cells(runs, metric), layout)
+            row.costs = _costs([r for r in runs["record"] if r["status"] == "complete"])
             rows.append(row)
         notes = _cell_notes(rows, layout)
         if setting.recipe != "shared":
