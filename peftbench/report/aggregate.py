@@ -219,10 +219,11 @@ def _latest(records: list[dict]) -> tuple[pd.DataFrame, int]:
     order the records first name their cell and seed) and the count of superseded ones."""
     frame = pd.DataFrame([(r["method"], r["task"], r["seed"], _config_key(r), str(r.get("created") or ""),
                            r.get("_path", ""), r) for r in records],
-                         columns=["method", "task", "seed", "config", "created", "path", "record"])
+                         columns=["method", "task", "seed", "config", "created", "path", "record"],
+                         dtype=object)  # keeps each seed the record's own value (no int→float for a None)
     frame["order"] = frame.index
     cell, run = ["method", "task"], ["method", "task", "seed"]
-    # newest first (by creation time, then file path); of two equally new records the earlier one
+    # newest first (by creation time, then file path); of two equally new records the earlier one wins
     newest = frame.sort_values(["created", "path", "order"], ascending=[False, False, True])
     newest = newest[newest["config"] == newest.groupby(cell, dropna=False)["config"].transform("first")]
     chosen = newest.drop_duplicates(run).assign(
