@@ -22,7 +22,7 @@ import pytest
 from peftbench.claims import Claims
 from peftbench.cli import main
 from peftbench.launch import local_worker_envs, worker_argv
-from peftbench.records import write_record
+from peftbench.records import SCHEMA_VERSION, TOOL, write_record
 from peftbench.status import sweep_status, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,7 +157,8 @@ def test_slurm_launcher_without_sbatch_is_one_clear_error(tmp_path, capsys, monk
 # --- status ---------------------------------------------------------------------------------------------------------
 
 def _rec(run_id: str, status: str, seed: int, reason: str | None = None) -> dict:
-    return {"run_id": run_id, "status": status, "reason": reason, "method": "m", "task": "t", "seed": seed,
+    return {"tool": TOOL, "schema": SCHEMA_VERSION, "run_id": run_id, "status": status, "reason": reason,
+            "method": "m", "task": "t", "seed": seed,
             "config": {}, "backbone": {}, "data": {}, "metrics": {}, "provenance": {}}
 
 
