@@ -41,7 +41,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wait", action="store_true",
                    help="slurm: wait for the array to finish, then write the report (default: print the job id "
                         "and return)")
-    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-partition", default=None, metavar="NAME",
+                   help="slurm: the partition to submit to (default: the cluster's default)")
     g.add_argument("--slurm-time", default=None, metavar="TIME",
                    help="time limit per array element, in sbatch's format (e.g. 12:00:00, 2-00:00:00; default: "
                         "the partition's)")
@@ -49,8 +50,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs per array element (default 1; 0 for CPU-only jobs)")
     g.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N",
                    help="at most N elements run at once (default: all --jobs)")
-    g.add_argument("--slurm-account", default=None)
-    g.add_argument("--slurm-qos", default=None)
+    g.add_argument("--slurm-account", default=None, metavar="NAME", help="slurm: the account to charge")
+    g.add_argument("--slurm-qos", default=None, metavar="NAME", help="slurm: the quality of service")
     g.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. --slurm-arg cpus-per-task=8 --slurm-arg mem=32G; repeatable")
 
