@@ -26,6 +26,15 @@ def tiny_vit(num_classes: int = 5, img_size: int = 32, **kw) -> torch.nn.Module:
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """A run may pin its own thread count (--threads): every test starts from one thread again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own decoded-image cache (never the user's ~/.cache)."""
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))

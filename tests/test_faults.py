@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from peftbench import claims as claims_mod
 from peftbench.claims import ClaimError, Claims
@@ -27,13 +26,6 @@ from peftbench.cli import main
 FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]
 BACKBONE = ["--backbone", "test_vit", "--weights", "none", "--img-size", "32"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _no_space(*args, **kwargs):

@@ -39,14 +39,6 @@ FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]
 BACKBONE = ["--backbone", "test_vit", "--weights", "none", "--img-size", "32"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP stalls (100x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def sweep(root: Path, out: Path, methods=("linear",), tasks="cifar", seeds=(0,), sets=(), **kw):
     req = SweepRequest(methods=list(methods), tasks=tasks, seeds=list(seeds), suite="vtab1k", data_root=root, out=out,
