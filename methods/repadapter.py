@@ -6,9 +6,13 @@ on the qkv projection's input) and after ``norm2`` (on fc1's input),
 ``B`` a *grouped* r->D map (2 groups, zero weight and bias), dropout 0.1, r=8. The official
 ``s`` is searched per task (its configs use 0.1-10; default 1 here, searched by ``tune``). There
 is no non-linearity, so after training the adapter folds into the following projection exactly
-(official ``set_RepWeight``; here ``merge``). The official training adds a sparsity penalty
-``lambda * (||W_B||_2 + ||b_B||_2)`` per adapter (``--sparse_lambda``, default 1); here
-``sparse_lambda`` does the same as the auxiliary loss of the training forward. Differences: the official block
+(official ``set_RepWeight``; here ``merge``). The official training can add a sparsity penalty
+``lambda * (||W_B||_2 + ||b_B||_2)`` per adapter (``--sparse_lambda``); here ``sparse_lambda`` does
+the same as the auxiliary loss of the training forward. Its default is 0, as in the official
+experiment scripts (``sparse_lambda=0`` in their ``scripts/*.sh``): the argument parser's default of 1
+pulls every up-projection back to zero with a unit-norm gradient that outweighs the task's, and in
+the mini example sweep with lambda 1 RepAdapter reproduced the linear probe's accuracy to
+the last digit on all five tasks. Differences: the official block
 skips layer scale (ViT-B has none: same function) and trains with drop-path 0.1, while here the
 frozen backbone runs in eval mode (no drop-path), as for every frozen-backbone method.
 """
@@ -35,8 +39,9 @@ class RepAdapterConfig:
     scale: float = field(default=1.0, metadata={"help": "factor s on the adapter branch",
                                                 "search": [0.1, 1.0, 5.0, 10.0]})
     dropout: float = field(default=0.1, metadata={"help": "dropout between A and B", "search": [0.0, 0.1]})
-    sparse_lambda: float = field(default=1.0, metadata={
-        "help": "weight of the official sparsity penalty on B (sum of L2 norms of its weight and bias)",
+    sparse_lambda: float = field(default=0.0, metadata={
+        "help": "weight of the official sparsity penalty on B (sum of L2 norms of its weight and bias); 0 as in "
+                "the official experiment scripts",
         "search": [0.0, 0.1, 1.0]})
 
     def __post_init__(self) -> None:
