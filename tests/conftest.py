@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from peftbench.data.synthetic import write_task
 
+REPO = Path(__file__).resolve().parent.parent
 SMALL = {"train800": 24, "val200": 8, "test": 16}
 # The tests' models are tiny: one thread avoids OpenMP's spin-waiting when the CPU is shared
 # (a tiny training step took ~1 s with 2 threads on a busy 2-core machine, 12 ms with 1).
@@ -48,3 +52,22 @@ def vtab_root(tmp_path: Path) -> Path:
                crlf=True)
     write_task(root / "eurosat", 10, SMALL, hw=(16, 16), seed=2, formats=("jpg", "png"))
     return root
+
+
+def concurrent_workers(cli_args: list[str], workers: int, cache: Path) -> dict[str, list[str]]:
+    """Start ``workers`` ``peftbench`` processes on the same command line at once; every one must succeed.
+
+    Returns each run label that was trained (its ``label: top-1`` line) with the workers that trained it.
+    """
+    env = {**os.environ, "PEFTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    args = [sys.executable, "-m", "peftbench.cli", *cli_args]
+    procs = {f"w{i}": subprocess.Popen([*args, "--worker-id", f"w{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True) for i in range(workers)}
+    texts = {w: p.communicate(timeout=600)[0] for w, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), texts
+    trained: dict[str, list[str]] = {}
+    for worker, text in texts.items():
+        for line in text.splitlines():
+            if ": top-1 " in line:
+                trained.setdefault(line.split(":")[0].strip(), []).append(worker)
+    return trained

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vit
+from conftest import concurrent_workers, tiny_vit
 
 from peftbench import records as records_mod
 from peftbench import runner as runner_mod
@@ -451,21 +451,10 @@ def test_run_finished_by_another_worker_just_before_our_claim_is_not_rerun(vtab_
 
 @pytest.mark.slow
 def test_four_workers_share_one_sweep_each_run_trained_once(vtab_root, tmp_path):
-    out, cache = tmp_path / "runs", tmp_path / "cache"
-    env = {**os.environ, "PEFTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    args = [sys.executable, "-m", "peftbench.cli", "run", "--suite", "vtab1k",
-            "--methods", "linear,full", "--tasks", "cifar,eurosat",
-            "--seeds", "0,1", "--data-root", str(vtab_root), "--out", str(out), *BACKBONE, "--no-report",
-            *[a for s in FAST for a in ("--set", s)]]
-    procs = {f"w{i}": subprocess.Popen([*args, "--worker-id", f"w{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True) for i in range(4)}
-    texts = {w: p.communicate(timeout=600)[0] for w, p in procs.items()}
-    assert all(p.returncode == 0 for p in procs.values()), texts
-    trained: dict[str, list[str]] = {}
-    for worker, text in texts.items():
-        for line in text.splitlines():
-            if ": top-1 " in line:
-                trained.setdefault(line.split(":")[0].strip(), []).append(worker)
+    out = tmp_path / "runs"
+    trained = concurrent_workers(["run", "--suite", "vtab1k", "--methods", "linear,full", "--tasks", "cifar,eurosat",
+                                  "--seeds", "0,1", "--data-root", str(vtab_root), "--out", str(out), *BACKBONE,
+                                  "--no-report", *[a for s in FAST for a in ("--set", s)]], 4, tmp_path / "cache")
     assert len(trained) == 8 and all(len(ws) == 1 for ws in trained.values()), trained  # each run trained once
     recs = assert_clean(out)
     assert len(recs) == 8 and len({r["run_id"] for r in recs}) == 8

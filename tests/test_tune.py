@@ -6,13 +6,11 @@ Runs use timm's ``test_vit`` at 32 px, random init, one epoch, on the generated 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import concurrent_workers
 
 from peftbench import runner
 from peftbench.cli import main
@@ -24,7 +22,6 @@ from peftbench.runner import SweepRequest, load_suite
 from peftbench.selection import val_top1
 from peftbench.tune import TuneRequest, plan_trials, run_tune
 
-REPO = Path(__file__).resolve().parent.parent
 FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]
 BACKBONE = ["--backbone", "test_vit", "--weights", "none", "--img-size", "32"]
 # a small search space: 3 lr x 1 wd for every method, 2 prompt lengths for VPT (grid 6 > budget 2)
@@ -196,20 +193,10 @@ def test_a_half_done_tune_resumes_and_a_larger_budget_only_adds(vtab_root, tmp_p
 
 @pytest.mark.slow
 def test_two_concurrent_tune_workers_run_each_trial_once(vtab_root, tmp_path, suite_file):
-    out, cache = tmp_path / "runs", tmp_path / "cache"
-    env = {**os.environ, "PEFTBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    args = [sys.executable, "-m", "peftbench.cli", "tune", "--methods", "linear,vpt_shallow",
-            "--tasks", "cifar,eurosat", "--data-root", str(vtab_root), "--suite-file", str(suite_file),
-            "--out", str(out), *BACKBONE, "--final-seeds", "1", "--no-report"]
-    procs = {f"w{i}": subprocess.Popen([*args, "--worker-id", f"w{i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True) for i in range(2)}
-    texts = {w: p.communicate(timeout=600)[0] for w, p in procs.items()}
-    assert all(p.returncode == 0 for p in procs.values()), texts
-    trained: dict[str, list[str]] = {}
-    for worker, text in texts.items():
-        for line in text.splitlines():
-            if ": top-1 " in line:
-                trained.setdefault(line.split(":")[0].strip(), []).append(worker)
+    out = tmp_path / "runs"
+    trained = concurrent_workers(["tune", "--methods", "linear,vpt_shallow", "--tasks", "cifar,eurosat",
+                                  "--data-root", str(vtab_root), "--suite-file", str(suite_file), "--out", str(out),
+                                  *BACKBONE, "--final-seeds", "1", "--no-report"], 2, tmp_path / "cache")
     assert len(trained) == 2 * 2 * 2 + 4 and all(len(ws) == 1 for ws in trained.values()), trained
     roles = by_role(out)
     assert len(roles["trial"]) == 8 and len(roles["final"]) == 4
