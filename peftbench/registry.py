@@ -8,7 +8,6 @@ point group or ``--plugin path.py``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.util
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .util import did_you_mean
 
 if TYPE_CHECKING:  # torch is heavy (~2 s): `peftbench report` and `tasks` must not pay for it
     from .method_api import BuildFn
@@ -77,13 +77,6 @@ def register_method(name: str, *, config: type, description: str, family: str | 
 
     return deco
 
-
-def did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    close += [c for c in choices if c.startswith(name) and c not in close]
-    if not close:
-        return ""
-    return "; did you mean " + ", ".join(f"'{c}'" for c in sorted(close)[:3]) + "?"
 
 
 def _load_builtins() -> None:

@@ -24,9 +24,10 @@ from .data.tasks import resolve_tasks
 from .errors import UsageError
 from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of
 from .records import find_record
-from .registry import MethodSpec, did_you_mean, expand_methods, get_method
+from .registry import MethodSpec, expand_methods, get_method
 from .runner import run_sweep
 from .selection import choose, val_top1
+from .util import did_you_mean
 
 DEFAULT_BUDGET = 8  # used when neither --budget nor the suite's tune.budget says otherwise
 DEFAULT_GRID = {"lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2], "weight_decay": [0.0, 1e-4, 1e-2]}

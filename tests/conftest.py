@@ -71,3 +71,9 @@ def concurrent_workers(cli_args: list[str], workers: int, cache: Path) -> dict[s
             if ": top-1 " in line:
                 trained.setdefault(line.split(":")[0].strip(), []).append(worker)
     return trained
+
+
+@pytest.fixture
+def make_tiny_vit():
+    """The ``tiny_vit`` factory as a fixture: ``make_tiny_vit(num_classes, img_size=32, **timm_kwargs)``."""
+    return tiny_vit

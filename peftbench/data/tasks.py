@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..registry import did_you_mean
+from ..util import did_you_mean
 
 GROUPS = ("natural", "specialized", "structured")
 DEFAULT_SUITE = "mini"  # every command's default (run, methods, tasks, inspect): built in, needs no download
