@@ -11,7 +11,11 @@ share the name ``norm``).
 
 Differences from the hand-written plugins: ``peft_lora`` adapts the whole fused ``qkv`` (q, k
 and v), ``lora`` only the q and v slices; ``peft_ia3`` rescales all of qkv's outputs (IA3's paper
-rescales k and v only) and fc2's input. ``peft`` is imported inside ``build`` because it imports
+rescales k and v only) and fc2's input. ``peft_oft`` and ``peft_boft`` on timm's fused ``qkv``
+apply ONE orthogonal rotation to its input, shared by q, k and v (the OFT paper rotates the q, k
+and v projections separately); ``peft`` adapts whole modules and cannot target a slice of a
+fused Linear, so there is no knob for separate q, k, v rotations here (that needs a timm model
+with separate q, k, v Linears). ``peft`` is imported inside ``build`` because it imports
 ``transformers`` (seconds), which ``peftbench methods`` must not pay.
 """
 
@@ -112,8 +116,12 @@ class PeftViT(FrozenBackboneModel):
         return self.vit.get_base_model().get_classifier()
 
     def merge(self) -> nn.Module:
-        """peft's own merge, on a copy: a plain timm ViT with the adaptation folded in."""
-        return copy.deepcopy(self.vit).merge_and_unload().eval()
+        """peft's own merge, on a copy: a plain timm ViT with the adaptation folded in, nothing trainable
+        (as the hand-written plugins' merges: peft leaves ``requires_grad`` on the head)."""
+        merged = copy.deepcopy(self.vit).merge_and_unload().eval()
+        for p in merged.parameters():
+            p.requires_grad_(False)
+        return merged
 
 
 def resolve_targets(vit: nn.Module, names: tuple[str, ...], method: str) -> list[str]:

@@ -2,6 +2,10 @@
 
 The LayerNorms are found structurally (``nn.LayerNorm`` modules: each block's two and the final
 one); nothing is added, so the trained model is already a plain timm model: no merge needed.
+
+Faithfulness. Compared with V-PETL Bench's LN-tune: the same trainable parameter set on a timm
+ViT, nothing else to compare. No per-task VTAB-1k settings are published for it, so it has no
+``--recipe official`` entry.
 """
 
 from __future__ import annotations

@@ -321,8 +321,19 @@ def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[s
             origins[key] = f"--set {method}.{key}"
     tcfg = build_dataclass(TrainConfig, train, "training config", origins)
     mcfg = build_dataclass(spec.config_cls, knobs, f"method '{spec.name}'", origins)
-    resolved = {"train": dataclasses.asdict(tcfg), "method": _jsonable(dataclasses.asdict(mcfg)), "recipe": applied}
+    resolved = {"train": dataclasses.asdict(tcfg), "method": _jsonable(method_knobs(mcfg)), "recipe": applied}
     return tcfg, mcfg, resolved
+
+
+def method_knobs(mcfg: Any) -> dict[str, Any]:
+    """The knobs that go into the record and the run id: a knob declared with
+    ``metadata={"recorded_if_set": True}`` (added to a method after records of it existed) is left
+    out while at its default, so those records keep their run ids; set, it is recorded as usual."""
+    out = dataclasses.asdict(mcfg)
+    for f in dataclasses.fields(mcfg):
+        if f.metadata.get("recorded_if_set") and f.default is not dataclasses.MISSING and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 def _jsonable(obj: Any) -> Any:
