@@ -21,21 +21,24 @@ MLP layout of TK (``official_layout``). The authors' TK code builds fc1's and fc
 reshaping ``(C @ P[:, j:j+4])`` of shape r x r x 4 into r x 4r, which interleaves rank and chunk
 indices (chunk c, rank m of fc1 reads column ``c*r + m`` = ``(b, n)`` with ``b*4 + n``) and
 uses fc2's in transposed orientation. By default (``official_layout=false``) chunk j uses its own
-core ``C p_j`` (the paper's formulation): same parameter count, a different function (6.4% of the
-block-0 MLP output on identical factors). ``official_layout=true`` reproduces the authors'
+core ``C p_j`` (the paper's formulation): same parameter count, a different function on identical
+factors (a test shows it). ``official_layout=true`` reproduces the authors'
 indexing exactly and is what ``--recipe official`` uses for ``fact_tk``.
 
 Faithfulness. Compared with the official code (JieShibo/PETL-ViT, ``FacT/fact_tt.py``,
-``fact_tk.py``) on identical weights in float64: FacT-TT matched to 6e-15, the attention part of
-TK likewise; TK's MLP matches only with ``official_layout`` (a test checks it against the
-authors' indexing written out). Known differences from the authors' code: their backbone trains
-with drop-path 0.1 in train mode (here the frozen backbone is in eval mode unless
-``backbone_train_mode``, which the official recipe sets together with ``drop_path=0.1``); their
-AdamW decays every trainable tensor, here biases and norms are not decayed; they report the best
-test accuracy over evaluations every 10 epochs, here the test split is evaluated once after the
-last epoch. ``--recipe official`` takes rank and scale per task from their ``configs/tt`` and
-``configs/tk`` files and their training recipe (lr 1e-3, weight decay 1e-4, batch 64, 100
-epochs, warm-up 10 epochs from 1e-6, cosine to 1e-5 stepped per epoch, fp32).
+``fact_tk.py``): FacT-TT matched the official module on identical weights in float64 to 6e-15;
+TK's attention matches the authors' equations (a test), TK's MLP only with ``official_layout``
+(a test checks it against the authors' indexing written out, to 1e-12 in float64). Known
+differences from the authors' code: their backbone trains with drop-path 0.1 in train mode (here
+the frozen backbone is in eval mode unless ``backbone_train_mode``, which the official recipe
+sets together with ``drop_path=0.1``); their AdamW also decays the head's bias; their loader
+drops the last incomplete batch (32 of 800 images per epoch), here it is padded and weighted;
+their scheduler is stepped with the finished epoch's index, so each epoch's learning rate lags
+one epoch behind the one used here; they report the best test accuracy over evaluations every 10
+epochs, here the test split is evaluated once after the last epoch. ``--recipe official`` takes
+rank and scale per task from their ``configs/tt`` and ``configs/tk`` files and their training
+recipe (lr 1e-3, weight decay 1e-4, batch 64, 100 epochs, warm-up 10 epochs from 1e-6, cosine
+to 1e-5 stepped per epoch, fp32).
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ identical weights in float64: outputs and the merged weights match to 6e-15. Kno
 from the authors' code: the official block skips layer scale (ViT-B has none: same function);
 their backbone trains with drop-path 0.1 in train mode, here the frozen backbone runs in eval mode
 unless ``backbone_train_mode`` (set, with ``drop_path=0.1``, by ``--recipe official``); their
-AdamW decays every trainable tensor, here biases are not decayed; they evaluate on test every 10
-epochs and keep the best, here the test split is evaluated once after the last epoch.
+AdamW decays every trainable tensor, here biases are not decayed; their loader drops the last
+incomplete batch (here it is padded and weighted); their scheduler is stepped with the finished
+epoch's index (each epoch's learning rate lags one epoch behind the one used here); they
+evaluate on test every 10 epochs and keep the best, here the test split is evaluated once after
+the last epoch.
 """
 
 from __future__ import annotations
