@@ -18,11 +18,11 @@ adapter) this default has; V-PETL Bench's adapter block has the same structure. 
 from NOAH's code, which produced the "Adapter" VTAB-1k rows: NOAH uses QuickGELU
 (``x * sigmoid(1.702 x)``) instead of the exact GELU, initialises *both* projections
 Xavier-uniform with N(0, 1e-6) biases (so its adapted model does not start at the pre-trained
-function; here the up-projection starts at zero), and trains with the backbone's drop-path on
-the MLP branch before the adapter. NOAH trains every task with one setting (lr 1e-3, weight decay
-1e-4, batch 64, 100 epochs: its ``configs/Adapter/VTAB`` script), i.e. there are no per-task
-published settings and no ``--recipe official`` entry for this method; Houlsby's and Pfeiffer's
-own code has no VTAB-1k experiments.
+function; here the up-projection starts at zero), and applies the block's drop-path to the MLP
+output before the adapter (here the frozen backbone runs in eval mode). NOAH trains every task
+with one setting (lr 1e-3, weight decay 1e-4, batch 64, 100 epochs: its ``configs/Adapter/VTAB``
+script), i.e. there are no per-task published settings and no ``--recipe official`` entry for
+this method; Houlsby's and Pfeiffer's own code has no VTAB-1k experiments.
 """
 
 from __future__ import annotations
