@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
      "peftbench.claims", "peftbench.records"),
     # data: task specs, split lists, images, generated suites
     ("peftbench.data", "peftbench.data.tasks", "peftbench.data.splits", "peftbench.data.content",
-     "peftbench.data.images", "peftbench.data.synthetic", "peftbench.data.draw", "peftbench.data.mini"),
+     "peftbench.data.images", "peftbench.data.synthetic", "peftbench.data.mini_draw", "peftbench.data.mini"),
     # backbones and the method registry / configuration
     ("peftbench.models", "peftbench.hub", "peftbench.backbone", "peftbench.registry", "peftbench.config",
      "peftbench.provenance", "peftbench.status", "peftbench.progress"),
