@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftbench.backbone import embed_tokens, freeze, logits_from_tokens
+from peftbench.backbone import embed_tokens, logits_from_tokens
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel, MethodOutput
+from peftbench.method_api import BuildContext, FrozenBackboneModel, MethodOutput, freeze_except_head
 from peftbench.registry import register_method
 
 from .attention import attention_impl, decoupled_mask, ship_block
@@ -150,8 +150,6 @@ class ShipViT(FrozenBackboneModel):
 def build_ship(backbone: nn.Module, num_classes: int, cfg: ShipConfig, ctx: BuildContext) -> nn.Module:
     check_backbone(backbone)
     layers, bank = prepare(backbone, cfg, ctx)
-    freeze(backbone)
-    for p in backbone.get_classifier().parameters():
-        p.requires_grad_(True)
+    freeze_except_head(backbone)
     ctx.info["attention"] = attention = attention_impl(cfg.attention, ctx.device)
     return ShipViT(backbone, cfg, layers, bank, attention)
