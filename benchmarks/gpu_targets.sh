@@ -26,7 +26,7 @@
 #
 # What to read from it (issue 15's table): summary.log gives, per figure, the plain timm loop eager and
 # compiled, peftbench eager and compiled, and the ratios; ship vs ship_masked says which attention
-# layout the GPU favours (ship.attention=auto picks masked on CUDA: flip ship_attention.attention_impl
+# layout the GPU favours (ship.attention=auto picks masked on CUDA: flip ship.attention.attention_impl
 # if split wins); end_to_end's last line gives the 19-task extrapolation and its first_step_s the
 # compile time per task. Where a target is missed, the next step is a profile (torch.profiler around
 # 20 compiled steps: kernel time vs launch gaps vs Python), which this script does not take.

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from peftbench.data import mini
-from peftbench.data.mini import SHAPES, SIZE, SS
+from peftbench.data import mini_draw as mini
+from peftbench.data.mini_draw import SHAPES, SIZE, SS
 from peftbench.models import MINI_VIT, mini_weights_path
 
 Polygon = list[tuple[int, int]]

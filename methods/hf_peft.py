@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel
+from peftbench.method_api import BuildContext, FrozenBackboneModel, train_head
 from peftbench.registry import register_method
 
 
@@ -153,8 +153,7 @@ def _peft_builder(name: str, peft_class: str) -> Callable[..., nn.Module]:
             model = peft.get_peft_model(backbone, getattr(peft, peft_class)(**kwargs))
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{name}: peft rejected the configuration: {exc}") from exc
-        for p in backbone.get_classifier().parameters():
-            p.requires_grad_(True)
+        train_head(backbone)  # peft froze everything else
         return PeftViT(model)
 
     return build

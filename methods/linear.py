@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftbench.backbone import freeze
-from peftbench.method_api import BuildContext, FrozenBackboneModel
+from peftbench.method_api import BuildContext, FrozenBackboneModel, freeze_except_head
 from peftbench.registry import register_method
 
 
@@ -32,7 +31,5 @@ class LinearProbe(FrozenBackboneModel):
 @register_method("linear", config=LinearConfig,
                  description="Linear probe: train the classifier on frozen pre-trained features")
 def build_linear(backbone: nn.Module, num_classes: int, cfg: LinearConfig, ctx: BuildContext) -> nn.Module:
-    freeze(backbone)
-    for p in backbone.get_classifier().parameters():
-        p.requires_grad_(True)
+    freeze_except_head(backbone)
     return LinearProbe(backbone)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from timm.layers import to_2tuple
 from torch import nn
 
-from peftbench.backbone import embed_tokens, freeze, logits_from_tokens
+from peftbench.backbone import embed_tokens, logits_from_tokens
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel
+from peftbench.method_api import BuildContext, FrozenBackboneModel, freeze_except_head
 from peftbench.registry import register_method
 
 
@@ -91,9 +91,7 @@ class PromptedViT(FrozenBackboneModel):
 
 
 def _build(backbone: nn.Module, cfg: VPTShallowConfig, layers: list[int]) -> PromptedViT:
-    freeze(backbone)
-    for p in backbone.get_classifier().parameters():
-        p.requires_grad_(True)
+    freeze_except_head(backbone)
     return PromptedViT(backbone, cfg.prompt_length, layers, cfg.dropout, cfg.backbone_train_mode)
 
 

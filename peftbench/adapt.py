@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import freeze
-from .method_api import FrozenBackboneModel
-
-
-@runtime_checkable
-class Mergeable(Protocol):
-    def merged(self) -> nn.Module:
-        """A plain module computing the same function (weights folded in), for inference."""
-
-
-def freeze_except_head(vit: nn.Module) -> None:
-    """Freeze the backbone; the freshly initialised classifier always trains (as in every VTAB-1k method)."""
-    freeze(vit)
-    for p in vit.get_classifier().parameters():
-        p.requires_grad_(True)
+# Mergeable and freeze_except_head live in the toolkit (method_api); importable from here as before
+from .method_api import FrozenBackboneModel, Mergeable, freeze_except_head  # noqa: F401
 
 
 def like(module: nn.Module) -> dict:

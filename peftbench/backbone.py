@@ -7,24 +7,21 @@ small helpers below, so token counts, widths and depths always come from the mod
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
-import socket
-import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 from . import models  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
-from .config import DEFAULT_BACKBONE  # its home is config.py (torch-free); runner imports it from here
+from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (torch-free home; runner imports it from here)
 from .errors import CheckpointError, UsageError
+from .hub import _hub_offline, _in_hub_cache, hub_unreachable  # noqa: F401  (network probing lives in hub.py)
 
 CLASSIFIER_PREFIXES = ("head.",)
 
@@ -160,63 +157,6 @@ def _load_file_into(model: nn.Module, path: Path, trust: bool) -> None:
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"--weights {path}: keys do not match the backbone: " + "; ".join(parts))
     model.load_state_dict(sd, strict=False)
-
-
-HUB_PROBE_TIMEOUT_S = 3.0
-
-
-def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hugging Face Hub cannot be reached, or None when it can (or a proxy decides).
-
-    huggingface_hub retries each file for about a minute when the network is down; one TCP
-    connection with a short timeout (in a thread, since name resolution has none) tells in seconds.
-    """
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # the proxy may reach what we cannot: let the download try
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    outcome: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"{host}:{port} unreachable: {exc.strerror or exc}")
-
-    probe = threading.Thread(target=connect, daemon=True)
-    probe.start()
-    probe.join(timeout)
-    return outcome[0] if outcome else f"{host}:{port} did not answer within {timeout:g} s"
-
-
-def _in_hub_cache(name: str) -> bool:
-    """False only when timm would fetch ``name`` from the Hub and no weights file of it is cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not cfg.hf_hub_id:
-        return True  # unknown model or another source: let timm say what it says
-    repo = cfg.hf_hub_id.split("@")[0]
-    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool):
-    """huggingface_hub's own offline mode for one call: the cache is used, the network is not."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = before or offline
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img_size: int | None = None,

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from .backbone import load_backbone
-from .config import DEFAULT_BACKBONE, Suite, TrainConfig, parse_sets, resolve
+from .backbones_meta import DEFAULT_BACKBONE
+from .config import Suite, TrainConfig, parse_sets, resolve
 from .data.images import default_cache_dir
 from .data.tasks import DEFAULT_SUITE, resolve_tasks
 from .jobs import load_suite, resolve_weights, suite_source

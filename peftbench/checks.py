@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .data.splits import PROTOCOL_SPLITS, TaskLists
 from .data.tasks import TaskSpec
 from .errors import UsageError
-from .method_api import RunFacts
+from .method_api import ChecksSettings, RunFacts
 
 
 def check_options(claim_timeout: float, checkpoint_every: int) -> None:
@@ -30,8 +30,7 @@ def check_options(claim_timeout: float, checkpoint_every: int) -> None:
 
 def method_problems(label: str, mcfg: Any, facts: RunFacts) -> list[str]:
     """The method's own verdict on one job, each problem prefixed with the job's label."""
-    check = getattr(mcfg, "check", None)
-    return [f"{label}: {p}" for p in check(facts)] if callable(check) else []
+    return [f"{label}: {p}" for p in mcfg.check(facts)] if isinstance(mcfg, ChecksSettings) else []
 
 
 def raise_if_any(problems: Iterable[str]) -> None:

@@ -150,7 +150,7 @@ def _plugin_arg(p: argparse.ArgumentParser, dest: str) -> None:
 
 
 def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pretrained") -> None:
-    from .config import DEFAULT_BACKBONE
+    from .backbones_meta import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=None,
                    help=f"timm ViT name (default: the suite's; vtab1k: {DEFAULT_BACKBONE})")

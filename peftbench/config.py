@@ -20,13 +20,11 @@ from typing import Any
 
 import yaml
 
+from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (config.DEFAULT_BACKBONE stays importable)
 from .errors import UsageError
 from .registry import MethodSpec, available_methods
 from .suite_schema import check_suite_shape
 from .util import did_you_mean
-
-# here, not in backbone.py, so that the CLI's help text does not import torch
-DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 
 
 @dataclass

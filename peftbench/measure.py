@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .method_api import HasClassifier, Merges
+
 
 def count_params(model: nn.Module) -> dict[str, int]:
     """Trainable = parameters with requires_grad (never by name); the classifier also alone."""
@@ -23,7 +25,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in params if p.requires_grad)
     total = sum(p.numel() for p in params)
     head = 0
-    if hasattr(model, "get_classifier"):
+    if isinstance(model, HasClassifier):
         head = sum(p.numel() for p in model.get_classifier().parameters())
     return {"trainable_params": trainable, "head_params": head, "total_params": total}
 
@@ -48,7 +50,7 @@ def stored_per_task(model: nn.Module, backbone: frozenset[int]) -> int:
 def inference_model(model: nn.Module) -> tuple[nn.Module, bool]:
     """The model inference cost is measured on: its ``merge()`` (adaptation folded into plain
     backbone weights, what a user deploys) when the method offers one, else the model itself."""
-    if hasattr(model, "merge"):
+    if isinstance(model, Merges):
         with torch.no_grad():
             return model.merge(), True
     return model, False

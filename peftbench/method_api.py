@@ -5,22 +5,38 @@ A build function (:class:`BuildFn`) returns a module mapping normalised images t
 a :class:`MethodOutput`, the logits with an auxiliary loss that the loop adds to the
 cross-entropy (SHIP's matching loss); in evaluation mode it returns the logits alone, so every
 consumer of a trained model (evaluation, FLOP counting, a user's own code) gets plain logits.
-The returned module may define these optional hooks (the shared loop calls them if present
-and never branches on a method's name):
+This module is the method author's toolkit: read it and one example (methods/lora.py for a
+method that wraps backbone modules, methods/vpt.py for one that runs the blocks itself,
+methods/ship/ for data-dependent preparation). It holds:
 
-- ``get_classifier()`` -> the classifier module (counted separately as head parameters);
-- ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
-- ``no_weight_decay()`` -> set of parameter names excluded from weight decay;
-- ``merge()`` -> an ``nn.Module`` computing the same logits with the adaptation folded into plain
-  backbone weights (LoRA, SSF, ...); inference GFLOPs and images/s are then measured on it and
-  the record says ``metrics.merged: true``. The trained model itself is left untouched;
-- ``frozen_features(images)`` and ``classify(features)``: when the only trainable part acts
-  on features that do not change during training, the loop may compute them once.
+- what ``build`` receives (:class:`BuildContext`) and returns (a module; :class:`MethodOutput`
+  for an auxiliary loss);
+- the freezing helpers: :func:`freeze` (no gradient anywhere in a module), :func:`train_head`
+  (the classifier trains) and :func:`freeze_except_head` (both: "freeze the backbone, train the
+  head", the start of every method but full fine-tuning);
+- every optional hook as a runtime-checkable Protocol. The shared loop finds a hook with
+  ``isinstance(model, Hook)`` and never branches on a method's name:
 
-The config dataclass may define ``check(self, facts: RunFacts) -> list[str]``: the problems that
-make these settings unworkable on this task and backbone (e.g. more k-means clusters than
-training images). The runner asks every job before the first run starts, so a sweep never
-fails mid-way on settings that could have been refused up front.
+  - :class:`HasClassifier` ``get_classifier()`` -> the classifier module (counted as head parameters);
+  - :class:`EpochAware` ``on_epoch_start(epoch, epochs)`` -> per-epoch callback (e.g. a loss warm-up);
+  - :class:`ExemptsWeightDecay` ``no_weight_decay()`` -> parameter names excluded from weight decay;
+  - :class:`Merges` ``merge()`` -> an ``nn.Module`` computing the same logits with the adaptation
+    folded into plain backbone weights (LoRA, SSF, ...); inference GFLOPs and images/s are then
+    measured on it and the record says ``metrics.merged: true``. The trained model is left untouched;
+  - :class:`CachesFrozenFeatures` ``frozen_features(images)`` and ``classify(features)``: when the
+    only trainable part acts on features that do not change during training, the loop may compute
+    them once;
+  - :class:`Mergeable` ``merged()`` on a wrapper inside the backbone (see :mod:`peftbench.adapt`);
+  - :class:`ChecksSettings` on the *config* dataclass: ``check(self, facts: RunFacts) -> list[str]``,
+    the problems that make these settings unworkable on this task and backbone (e.g. more k-means
+    clusters than training images). The runner asks every job before the first run starts, so a
+    sweep never fails mid-way on settings that could have been refused up front.
+
+An auxiliary loss is not a hook but a return type: a training forward returns :class:`MethodOutput`.
+Data-dependent preparation (SHIP's layer grouping and prototypes) happens inside ``build``: it reads
+``ctx.train_batches`` (None when there is no data, e.g. ``peftbench inspect``), times itself with
+``ctx.phase(name)``, caches under ``ctx.cache_dir`` keyed by ``ctx.backbone_checksum`` and reports
+what it chose in ``ctx.info``.
 """
 
 from __future__ import annotations
@@ -30,12 +46,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from .backbone import Preprocess
+from .backbone import Preprocess, freeze  # freeze: a method author imports every helper from here
 from .data.images import Batches
 from .data.tasks import TaskSpec
 
@@ -138,3 +154,64 @@ class FrozenBackboneModel(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.vit.get_classifier()
+
+
+# ---- freezing helpers ----------------------------------------------------------------------
+
+def train_head(vit: nn.Module) -> None:
+    """The backbone's (freshly initialised) classifier trains, whatever was frozen before."""
+    for p in vit.get_classifier().parameters():
+        p.requires_grad_(True)
+
+
+def freeze_except_head(vit: nn.Module) -> None:
+    """Freeze the backbone; the freshly initialised classifier always trains (as in every VTAB-1k method)."""
+    freeze(vit)
+    train_head(vit)
+
+
+# ---- hooks: optional methods of the built model (or, for ChecksSettings, of the config) -------
+
+@runtime_checkable
+class HasClassifier(Protocol):
+    def get_classifier(self) -> nn.Module:
+        """The classifier module: its parameters are counted as head parameters."""
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (0-based) of ``epochs`` (e.g. to switch a loss on)."""
+
+
+@runtime_checkable
+class ExemptsWeightDecay(Protocol):
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (as in ``named_parameters``) that get no weight decay."""
+
+
+@runtime_checkable
+class Merges(Protocol):
+    def merge(self) -> nn.Module:
+        """A module computing the same logits with the adaptation folded into plain weights."""
+
+
+@runtime_checkable
+class CachesFrozenFeatures(Protocol):
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features that do not change during training (computed once when the loop caches them)."""
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from ``frozen_features``' output: the only part that trains."""
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    def merged(self) -> nn.Module:
+        """A plain module computing the same function (weights folded in), for inference."""
+
+
+@runtime_checkable
+class ChecksSettings(Protocol):
+    def check(self, facts: RunFacts) -> list[str]:
+        """Problems that make these settings unworkable on this task and backbone (empty: none)."""

@@ -18,7 +18,7 @@ from torch import nn
 from .checkpoint import Checkpointer, rng_state, set_rng_state, trainable_keys, trainable_state
 from .config import TrainConfig
 from .data.images import Batches
-from .method_api import split_output
+from .method_api import CachesFrozenFeatures, EpochAware, ExemptsWeightDecay, split_output
 
 
 class Diverged(RuntimeError):
@@ -85,7 +85,7 @@ def real_sizes(n: int, batch_size: int) -> list[int]:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and prompts; none on biases, norms (1-d) and what the model exempts
     through ``no_weight_decay()`` — timm's own grouping, which is exactly this recipe."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    skip = set(model.no_weight_decay()) if isinstance(model, ExemptsWeightDecay) else set()
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=sorted(skip))
 
 
@@ -196,7 +196,7 @@ def uses_feature_cache(model: nn.Module, cfg: TrainConfig) -> bool:
     The method opts in by offering ``frozen_features`` and ``classify``; the loop checks that every
     trainable parameter sits in the classifier, so a method cannot get this wrong silently.
     """
-    if not (cfg.cache_features and hasattr(model, "frozen_features") and hasattr(model, "classify")):
+    if not (cfg.cache_features and isinstance(model, CachesFrozenFeatures)):
         return False
     head = {id(p) for p in model.get_classifier().parameters()}
     return all(id(p) in head for p in model.parameters() if p.requires_grad)
@@ -312,7 +312,7 @@ def train(model: nn.Module, batches: Batches, cfg: TrainConfig, device: torch.de
     started = time.perf_counter()
     for epoch in range(result.epochs_done, cfg.epochs):
         trained.train()
-        if hasattr(model, "on_epoch_start"):
+        if isinstance(model, EpochAware):
             model.on_epoch_start(epoch, cfg.epochs)
         loss_sum = torch.zeros((), device=device)
         seen = 0

@@ -1,6 +1,6 @@
 """`peftbench tune`: every method tuned with the same budget on train800 -> val200, then final runs.
 
-The protocol (DESIGN.md §5, the VPT authors' tune_vtab.py): each (method, task) gets the same
+The protocol (docs/architecture.md, "Tuning"; the VPT authors' tune_vtab.py): each (method, task) gets the same
 number of trials N from its search space — the suite's shared lr x weight-decay grid times the
 method's own knobs — a deterministic seeded subsample when the grid is larger. Trials train on
 train800 and are scored by val200 top-1 after the last epoch; the test split is never decoded

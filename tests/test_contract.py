@@ -1,4 +1,4 @@
-"""Contract tests: every registered method, on tiny ViTs, obeys the method contract (DESIGN.md §3)."""
+"""Contract tests: every registered method, on tiny ViTs, obeys the method contract (peftbench/method_api.py)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from peftbench.methods.ship import ShipConfig, build_ship, group_layers, layer_a
 from peftbench.registry import get_method
 
 OFFICIAL = Path(__file__).parent / "data" / "ship_official"
+AFFINITY = ship.PUBLISHED_AFFINITY  # the official matrices, stored once: as package data
 ROWS = list(csv.DictReader((OFFICIAL / "hparams.csv").open()))
 NUM_CLASSES = 5
 WIDTH = 32
@@ -61,12 +62,12 @@ def tiny_ship(bank_file: str, vit: torch.nn.Module | None = None, **knobs) -> to
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["task"] for r in ROWS])
 def test_grouping_reproduces_official_layers(row):
-    affinity = np.load(OFFICIAL / "affinity" / f"{row['task']}.npy")
+    affinity = np.load(AFFINITY / f"{row['task']}.npy")
     assert group_layers(affinity, float(row["share_threshold"])) == [int(i) for i in row["prompt_layers"].split()]
 
 
 def test_end_layer_drops_later_groups():
-    affinity = np.load(OFFICIAL / "affinity" / "cifar100.npy")
+    affinity = np.load(AFFINITY / "cifar100.npy")
     assert group_layers(affinity, 0.93, end_layer=8) == [0, 2, 4, 6]
 
 
@@ -135,7 +136,7 @@ def test_cifar100_gflops_and_placeholder_bank(vit_b16):
 
 def test_official_affinity_file_groups_a_twelve_block_vit(tmp_path):
     context = ctx()
-    affinity = str(OFFICIAL / "affinity" / "cifar100.npy")
+    affinity = str(AFFINITY / "cifar100.npy")
     model = build_ship(tiny_vit(depth=12), NUM_CLASSES, ShipConfig(affinity=affinity, share_threshold=0.93), context)
     assert sorted(model.slot) == context.info["layers"] == [0, 2, 4, 6, 8, 11]
     assert context.info["layers_source"] == f"file {affinity}" and context.info["share_threshold"] == 0.93
@@ -333,7 +334,7 @@ def test_preparation_selects_layers_clusters_and_caches(tmp_path, monkeypatch):
     assert model.prototypes.shape == (8, WIDTH) and sorted(model.slot) == first.info["layers"]
     assert any(name.startswith("ship: layer affinity") for name in first.phase_times)
 
-    monkeypatch.setattr(ship, "cls_features", lambda *a: pytest.fail("the cache was not used"))
+    monkeypatch.setattr(ship.preparation, "cls_features", lambda *a: pytest.fail("the cache was not used"))
     second = ctx(train_batches=batches, cache_dir=tmp_path, backbone_checksum="tiny-vit")
     again = build_ship(tiny_vit(), NUM_CLASSES, cfg, second)
     assert second.info["layers_source"] == second.info["prototypes_source"] == "cache"

@@ -12,7 +12,7 @@ from test_ship import NUM_CLASSES, WIDTH, images, tiny_ship
 
 from peftbench.errors import UsageError
 from peftbench.methods.ship import ShipConfig
-from peftbench.methods.ship_attention import attention_impl, decoupled_mask, ship_block
+from peftbench.methods.ship.attention import attention_impl, decoupled_mask, ship_block
 
 
 def test_block_mask_layout():

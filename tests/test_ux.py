@@ -162,7 +162,7 @@ def test_every_vtab_task_gets_its_published_grouping_without_data(row):
     from peftbench.registry import get_method
     from peftbench.runner import load_suite
 
-    assert PUBLISHED_AFFINITY.parent.name == "methods"  # shipped inside the package (peftbench.methods)
+    assert PUBLISHED_AFFINITY.parents[1].name == "methods"  # shipped inside the package (peftbench.methods.ship)
     spec = get_method("ship")
     _, cfg, _ = resolve(spec, row["task"], load_suite("vtab1k", None), [("ship", "attribute_prompts", False)],
                         "official")
@@ -188,7 +188,7 @@ def test_inspect_ship_without_a_task_falls_back_to_every_block_with_a_note(capsy
 
 def test_package_data_declares_the_affinity_files():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert '"peftbench.methods" = ["ship_affinity/*.npy"]' in text
+    assert '"peftbench.methods.ship" = ["affinity/*.npy"]' in text
 
 
 # ---- item 2 / 4: defaults that agree, a CLI that explains itself ----------------------------------

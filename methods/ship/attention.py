@@ -1,6 +1,6 @@
 """SHIP's decoupled attention on a timm pre-norm ViT block, as two SDPA calls or one with a block mask.
 
-Decoupled (SHIP_SPEC §3): image queries take (1-s)·softmax over image keys + s·softmax over prompt
+Decoupled (docs/ship.md): image queries take (1-s)·softmax over image keys + s·softmax over prompt
 keys; prompt tokens pass their normed input on, except in the last block, where they attend to all
 keys. Two ways to compute it, equal to float error:
 
