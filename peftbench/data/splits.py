@@ -33,6 +33,12 @@ class TaskLists:
     folder: Path
     splits: dict[str, list[Entry]]
     warnings: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # split -> the file it comes from, when not <split>.txt
+    provenance: dict = field(default_factory=dict)  # data.source / data.manifest_sha256 (data/manifest.py)
+
+    def where(self, split: str) -> str:
+        """The file a split comes from, for messages (file:line)."""
+        return self.files.get(split) or str(self.folder / f"{split}.txt")
 
 
 def find_task_folder(root: Path, task: TaskSpec) -> Path:
@@ -83,9 +89,29 @@ def _read_list(list_file: Path, folder: Path, num_classes: int, problems: list[s
     return entries
 
 
-def read_task_lists(root: Path, task: TaskSpec) -> TaskLists:
-    """Parse the four split lists and check them against each other; raise one DataError listing all."""
-    folder = find_task_folder(Path(root), task)
+def expected_sizes(task: TaskSpec) -> dict[str, int]:
+    """The size of each split the task table promises (VTAB-1k: 800 / 200 / 1000 / its test size)."""
+    train, val = task.train_val
+    return {"train800": train, "val200": val, "train800val200": train + val, "test": task.test_size}
+
+
+def _shown(paths: set[str]) -> str:
+    items = sorted(paths)
+    return ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+
+
+def collect_task_lists(root: Path, task: TaskSpec) -> tuple[TaskLists | None, list[str]]:
+    """The task's split lists and every problem found in them (file:line), without raising.
+
+    ``None`` when the task has no folder. The lists hold only the good lines of each file."""
+    if task.layout == "fgvc":
+        from .fgvc import collect_fgvc_lists
+
+        return collect_fgvc_lists(Path(root), task)
+    try:
+        folder = find_task_folder(Path(root), task)
+    except DataError as exc:
+        return None, [str(exc)]
     problems: list[str] = []
     splits: dict[str, list[Entry]] = {}
     clean: set[str] = set()  # lists without a bad line: only these are compared for equality
@@ -98,25 +124,44 @@ def read_task_lists(root: Path, task: TaskSpec) -> TaskLists:
         splits[split] = _read_list(list_file, folder, task.num_classes, problems)
         if len(problems) == before:
             clean.add(split)
-    warnings: list[str] = []
+    lists = TaskLists(task=task, folder=folder, splits=splits)
+    problems += cross_split_problems(lists, clean)
+    return lists, problems
+
+
+def cross_split_problems(lists: TaskLists, clean: set[str]) -> list[str]:
+    """train800 ∩ val200 = ∅, train800 ∪ val200 = train800val200, no training image in the test split."""
+    splits, problems = lists.splits, []
+    rels = {name: {e.rel for e in entries} for name, entries in splits.items()}
+    both = rels.get("train800", set()) & rels.get("val200", set())
+    if both:
+        problems.append(f"{lists.where('train800')} and {lists.where('val200')}: {len(both)} image(s) in both "
+                        f"({_shown(both)})")
     if {"train800", "val200", "train800val200"} <= clean:  # else the skipped bad line itself would differ
-        union = {e.rel for e in splits["train800"]} | {e.rel for e in splits["val200"]}
-        combined = {e.rel for e in splits["train800val200"]}
-        if union != combined:
-            diff = sorted(union ^ combined)
-            shown = ", ".join(diff[:5]) + (f", ... ({len(diff)} in all)" if len(diff) > 5 else "")
-            problems.append(f"{folder}: train800 ∪ val200 differs from train800val200 ({shown})")
+        union = rels["train800"] | rels["val200"]
+        if union != rels["train800val200"]:
+            problems.append(f"{lists.folder}: train800 ∪ val200 differs from train800val200 "
+                            f"({_shown(union ^ rels['train800val200'])})")
     if "test" in splits:
-        test = {e.rel for e in splits["test"]}
+        reported = False
         for split in ("train800", "val200", "train800val200"):
-            overlap = sorted(test & {e.rel for e in splits.get(split, [])})
-            if overlap:
-                shown = ", ".join(overlap[:5]) + (f", ... ({len(overlap)} in all)" if len(overlap) > 5 else "")
-                problems.append(f"{folder}: {split} overlaps the test split ({shown})")
-    if problems:
-        raise DataError(f"task '{task.name}': {len(problems)} problem(s) in {folder}:\n  " + "\n  ".join(problems))
-    expected = {**EXPECTED_SIZES, "test": task.test_size}
-    odd = [f"{s} {len(splits[s])} (expected {n})" for s, n in expected.items() if len(splits[s]) != n]
+            overlap = rels["test"] & rels.get(split, set())
+            if overlap and not (split == "train800val200" and reported):  # already named for train800 / val200
+                problems.append(f"{lists.folder}: {split} overlaps the test split ({_shown(overlap)})")
+                reported = True
+    return problems
+
+
+def read_task_lists(root: Path, task: TaskSpec) -> TaskLists:
+    """Parse the four split lists and check them against each other; raise one DataError listing all."""
+    lists, problems = collect_task_lists(root, task)
+    if problems or lists is None:
+        where = f" in {lists.folder}" if lists is not None else ""
+        if lists is None and len(problems) == 1:
+            raise DataError(problems[0])
+        raise DataError(f"task '{task.name}': {len(problems)} problem(s){where}:\n  " + "\n  ".join(problems))
+    odd = [f"{s} {len(lists.splits[s])} (expected {n})" for s, n in expected_sizes(task).items()
+           if len(lists.splits[s]) != n]
     if odd:
-        warnings.append(f"{folder}: split sizes differ from the task table: {', '.join(odd)}")
-    return TaskLists(task=task, folder=folder, splits=splits, warnings=warnings)
+        lists.warnings.append(f"{lists.folder}: split sizes differ from the task table: {', '.join(odd)}")
+    return lists

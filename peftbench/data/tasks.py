@@ -23,6 +23,12 @@ class TaskSpec:
     test_size: int
     native_resolution: str
     aliases: tuple[str, ...] = field(default=())
+    # sizes of the training and validation splits (VTAB-1k: train800, val200; their union is train800val200)
+    train_val: tuple[int, int] = (800, 200)
+    # "noah": <folder>/{train800,val200,train800val200,test}.txt; "fgvc": <folder>/{train,val,test}.json
+    # (image path relative to <folder>/<image_root> -> class id), read by data/fgvc.py
+    layout: str = "noah"
+    image_root: str = ""
 
     @property
     def native_size(self) -> tuple[int, int] | None:
@@ -66,7 +72,21 @@ VTAB1K: tuple[TaskSpec, ...] = (
     _t("smallnorb_ele", 9, "structured", 12_150, "96x96"),
 )
 
-SUITES: dict[str, tuple[TaskSpec, ...]] = {"vtab1k": VTAB1K}
+# FGVC: five fine-grained tasks with the VPT authors' split files (train/val/test.json; val carved from the
+# official training set where the data set has none). Sizes train, val, test as in those files (VPT, Table 8).
+FGVC: tuple[TaskSpec, ...] = (
+    TaskSpec("cub200", 200, "fgvc", 5_794, "variable", ("CUB_200_2011", "CUB", "cub"), (5_394, 600), "fgvc",
+             "images"),
+    TaskSpec("nabirds", 555, "fgvc", 24_633, "variable", ("NABirds", "nabird"), (21_536, 2_393), "fgvc", "images"),
+    TaskSpec("oxford_flowers", 102, "fgvc", 6_149, "variable", ("OxfordFlowers", "flowers", "flowers102"),
+             (1_020, 1_020), "fgvc", ""),
+    TaskSpec("stanford_dogs", 120, "fgvc", 8_580, "variable", ("StanfordDogs", "dogs", "Stanford_Dogs"),
+             (10_800, 1_200), "fgvc", "Images"),
+    TaskSpec("stanford_cars", 196, "fgvc", 8_041, "variable", ("StanfordCars", "cars", "Stanford_Cars"),
+             (7_329, 815), "fgvc", ""),
+)
+
+SUITES: dict[str, tuple[TaskSpec, ...]] = {"vtab1k": VTAB1K, "fgvc": FGVC}
 
 
 def register_suite(name: str, tasks: tuple[TaskSpec, ...]) -> None:
