@@ -94,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--scale", type=float, default=1.0, help="fraction of each split's size (default 1.0)")
     syn.add_argument("--seed", type=int, default=0, help="seed of the random content (default 0)")
 
+    prep = sub.add_parser("prepare", help="unpack and verify a data folder, write its MANIFEST.json (the data "
+                                          "source every run records)")
+    prep.add_argument("suite", nargs="?", default=None, help="vtab1k or fgvc")
+    prep.add_argument("--from", dest="source", default=None, metavar="PATH",
+                      help="vtab1k: the NOAH folder or its zip; fgvc: the folder of the five data sets with the VPT "
+                           "split files")
+    prep.add_argument("--out", type=Path, default=None,
+                      help="where a zip is unpacked (default: beside it, without .zip)")
+    prep.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
+    prep.add_argument("--verify", type=Path, default=None, metavar="ROOT",
+                      help="re-hash a prepared folder and compare it with its MANIFEST.json")
+    prep.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                      help="decoding threads (default: twice the CPU cores, at most 16)")
+    prep.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                      help=f"refuse images with more pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})")
+
     rep = sub.add_parser("report", help="tables and plots from the records of a runs folder")
     rep.add_argument("runs_dir", type=Path, help="folder of records written by `peftbench run --out`")
     rep.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report)")
@@ -288,6 +304,55 @@ def _cmd_make_synthetic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> int:
+    from .data.manifest import SHOWN, reverify
+    from .data.prepare import SOURCE_TAGS, prepare_folder
+
+    tasks = None if args.tasks.strip() in ("", "all") else _csv(args.tasks)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        def bar(label: str, total: int):
+            handle = progress.add_task(label, total=total)
+            return lambda n: progress.update(handle, advance=n)
+
+        if args.verify is not None:
+            if args.source is not None or args.suite is not None:
+                raise UsageError("--verify ROOT re-checks a prepared folder on its own (no SUITE, no --from)")
+            result = reverify(args.verify, tasks, bar, args.threads, args.max_image_pixels)
+            refused: list[str] = []
+        else:
+            if args.suite is None or args.source is None:
+                raise UsageError("usage: peftbench prepare SUITE --from PATH (SUITE: "
+                                 + ", ".join(SOURCE_TAGS) + "), or peftbench prepare --verify ROOT")
+            if args.suite not in SOURCE_TAGS:
+                from .util import did_you_mean
+
+                raise UsageError(f"prepare: unknown suite '{args.suite}'" + did_you_mean(args.suite, list(SOURCE_TAGS))
+                                 + f" (suites: {', '.join(SOURCE_TAGS)})")
+            if args.source == "tfds":
+                raise UsageError("--from tfds: the TFDS route is not part of this build")
+            prepared = prepare_folder(args.suite, Path(args.source), args.out, tasks, bar, args.threads,
+                                      args.max_image_pixels)
+            result, refused = prepared.verify, prepared.refused
+    for name, images in result.verified.items():
+        console.print(f"verified {name}: {images:,} images", markup=False)
+    for line in refused[:SHOWN]:
+        err.print(f"error: {line}", markup=False)
+    if len(refused) > SHOWN:
+        err.print(f"error: ... and {len(refused) - SHOWN} more zip entries refused", markup=False)
+    for name, problems in result.failed.items():
+        more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        err.print(f"error: task '{name}' failed ({len(problems)} problem(s)); not in the manifest:\n  "
+                  + "\n  ".join(problems[:SHOWN]) + more, markup=False)
+    written = f"{result.manifest}" if result.manifest else "no manifest written"
+    console.print(f"{written}: {len(result.verified)} task(s) verified"
+                  + (f" (data source {result.source})" if result.source else "")
+                  + (f", {len(result.failed)} failed: {', '.join(result.failed)}" if result.failed else "")
+                  + (f", {len(refused)} zip entr{'y' if len(refused) == 1 else 'ies'} refused" if refused else ""),
+                  markup=False)
+    return 0 if result.ok and not refused else 1
+
+
 def _suite_line(suite: str, source: str) -> str:
     return f"defaults from suite {suite} ({source}); --suite NAME for another"
 
@@ -386,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_inspect(args, console)
         if args.command == "make-synthetic":
             return _cmd_make_synthetic(args, console)
+        if args.command == "prepare":
+            return _cmd_prepare(args, console, err)
         if args.command == "status":
             _print_status(args.runs_dir, console, args.json, args.claim_timeout)
             return 0

@@ -20,6 +20,7 @@ from .claims import Claims
 from .config import TrainConfig, parse_sets, resolve
 from .data.content import task_content_warnings
 from .data.images import Batches, SplitData, default_cache_dir, load_split
+from .data.manifest import attach_provenance
 from .data.splits import PROTOCOL_SPLITS, TaskLists, read_task_lists
 from .data.synthetic import is_synthetic
 from .data.tasks import TaskSpec, resolve_tasks
@@ -237,6 +238,8 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     pin_threads(device, req.threads)
     cache_dir = Path(req.cache_dir) if req.cache_dir else default_cache_dir()
     lists = _preflight(data_root, tasks, reporter)
+    for warning in attach_provenance(data_root, lists, builtin=req.data_root is None or is_synthetic(data_root)):
+        reporter.message(f"warning: {warning}")
     backbone = load_backbone(req.backbone or suite.backbone or DEFAULT_BACKBONE,
                              resolve_weights(req.weights or suite.weights or "pretrained"), req.img_size,
                              req.trust_checkpoint)
@@ -297,7 +300,7 @@ def _decode(lists: TaskLists, protocols: set[str], backbone: Backbone, cache_dir
     for split in needed_splits(protocols):
         entries = lists.splits[split]
         advance = reporter.decode(f"{lists.task.name}/{split}", len(entries))
-        splits[split] = load_split(entries, pre.img_size, pre.interpolation, str(lists.folder / f"{split}.txt"),
+        splits[split] = load_split(entries, pre.img_size, pre.interpolation, lists.where(split),
                                    cache_dir, advance, max_pixels=max_pixels)
     for warning in task_content_warnings(lists, splits, protocols):
         reporter.message(f"warning: task '{lists.task.name}': {warning}")
@@ -446,7 +449,8 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
         "data": {"root": str(td.lists.folder.resolve().parent), "folder": str(td.lists.folder.resolve()),
                  "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
                  "train_split": train_split, "eval_split": eval_split,
-                 "synthetic": is_synthetic(td.lists.folder.resolve().parent)},
+                 "synthetic": is_synthetic(td.lists.folder.resolve().parent),
+                 **td.lists.provenance},  # source and manifest_sha256 (data/manifest.py)
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
         "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
         "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},

@@ -73,6 +73,6 @@ def content_warnings(splits: dict[str, LoadedSplit], pairs: Sequence[tuple[str, 
 
 def task_content_warnings(lists: TaskLists, decoded: dict[str, SplitData], protocols: Iterable[str]) -> list[str]:
     """:func:`content_warnings` for the decoded splits of one task and the protocols that use them."""
-    splits = {name: LoadedSplit(str(lists.folder / f"{name}.txt"), lists.splits[name], data.digests)
+    splits = {name: LoadedSplit(lists.where(name), lists.splits[name], data.digests)
               for name, data in decoded.items()}
     return content_warnings(splits, [PROTOCOL_SPLITS[p] for p in sorted(set(protocols))])

@@ -219,9 +219,12 @@ def check_task(root: Path, spec: TaskSpec, progress: Progress | None = None, thr
     if lists is None:
         return None, problems
     for split, n in expected_sizes(spec).items():
+        where = lists.where(split)
+        if any(p.startswith(where + ":") for p in problems):
+            continue  # a split with bad lines: those are named, its count would only repeat them
         if split in lists.splits and len(lists.splits[split]) != n and not (
                 split == "train800val200" and spec.layout == "fgvc"):
-            problems.append(f"{lists.where(split)}: {len(lists.splits[split])} usable image(s) listed, expected {n} "
+            problems.append(f"{where}: {len(lists.splits[split])} image(s) listed, expected {n} "
                             f"(task table: {spec.name})")
     problems += _decode_all(lists, progress, threads, max_pixels)
     if problems:
@@ -258,8 +261,8 @@ def _decode_all(lists: TaskLists, progress: Progress | None, threads: int | None
                             f"{max_pixels:,} (a decompression bomb?)")
                 img.load()
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return f"{where}:{e.line}: cannot decode image {e.rel} ({reason})"
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            return f"{where}:{e.line}: cannot decode image {e.rel} ({type(exc).__name__}: {reason or 'damaged'})"
         finally:
             advance(1)
         return None

@@ -133,10 +133,13 @@ def cross_split_problems(lists: TaskLists, clean: set[str]) -> list[str]:
     """train800 ∩ val200 = ∅, train800 ∪ val200 = train800val200, no training image in the test split."""
     splits, problems = lists.splits, []
     rels = {name: {e.rel for e in entries} for name, entries in splits.items()}
-    both = rels.get("train800", set()) & rels.get("val200", set())
-    if both:
-        problems.append(f"{lists.where('train800')} and {lists.where('val200')}: {len(both)} image(s) in both "
-                        f"({_shown(both)})")
+    in_train = {e.rel: e.line for e in splits.get("train800", [])}
+    both = [e for e in splits.get("val200", []) if e.rel in in_train]
+    for e in both[:5]:
+        problems.append(f"{lists.where('val200')}:{e.line}: image {e.rel} is also in "
+                        f"{lists.where('train800')}:{in_train[e.rel]} (train800 and val200 must not share images)")
+    if len(both) > 5:
+        problems.append(f"{lists.where('val200')}: ... {len(both)} images in all are also in train800")
     if {"train800", "val200", "train800val200"} <= clean:  # else the skipped bad line itself would differ
         union = rels["train800"] | rels["val200"]
         if union != rels["train800val200"]:

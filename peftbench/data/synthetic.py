@@ -6,6 +6,7 @@ so accuracy above chance means the pipeline works; the content is otherwise rand
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -105,3 +106,135 @@ def make_synthetic(out: Path, tasks: Sequence[TaskSpec], scale: float = 1.0, see
         if on_task:
             on_task(task.name)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures for `peftbench prepare`: a NOAH-layout zip and an FGVC folder, with known defects
+
+NOAH_DEFECTS = ("missing_image", "label_out_of_range", "train_799", "train_val_overlap", "truncated_jpeg",
+                "symlink")
+FGVC_DEFECTS = ("missing_image", "label_out_of_range", "train_short", "train_val_overlap", "truncated_jpeg",
+                "symlink")
+
+
+def _jpeg(rng: np.random.Generator, label: int, num_classes: int, hw: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_image(rng, label, num_classes, hw, 0.7), "RGB").save(buf, format="JPEG", quality=75)
+    return buf.getvalue()
+
+
+def noah_task_files(task: TaskSpec, hw: tuple[int, int] = (8, 8), seed: int = 0,
+                    defect: str | None = None) -> tuple[dict[str, bytes], dict[str, str]]:
+    """One task in the NOAH layout, in memory: (relative path -> bytes, symlinks: relative path -> target).
+
+    Split sizes come from the task table (``task.train_val``, ``task.test_size``); ``defect`` is one of
+    NOAH_DEFECTS, each placed at the line its comment names."""
+    rng = np.random.default_rng(seed)
+    train, val = task.train_val
+    files: dict[str, bytes] = {}
+    lines: dict[str, list[str]] = {}
+    for split, n in (("train800", train), ("val200", val), ("test", task.test_size)):
+        folder = "train800val200" if split != "test" else "test"
+        lines[split] = []
+        for i in range(n):
+            label = i % task.num_classes
+            rel = f"images/{folder}/{split}_{i:06d}.jpg"
+            files[rel] = _jpeg(rng, label, task.num_classes, hw)
+            lines[split].append(f"{rel} {label}")
+    links: dict[str, str] = {}
+    lines["train800val200"] = lines["train800"] + lines["val200"]  # as written before any defect
+    if defect == "missing_image":
+        del files[lines["train800"][4].split()[0]]  # train800.txt:5
+    elif defect == "label_out_of_range":
+        lines["val200"][2] = lines["val200"][2].split()[0] + f" {task.num_classes}"  # val200.txt:3
+    elif defect == "train_799":
+        lines["train800"] = lines["train800"][:-1]  # 799 lines; train800val200 keeps all 1000
+    elif defect == "train_val_overlap":
+        lines["val200"][0] = lines["train800"][0]  # val200.txt:1 is train800.txt:1
+        lines["train800val200"] = lines["train800"] + lines["val200"]
+    elif defect == "truncated_jpeg":
+        rel = lines["test"][6].split()[0]  # test.txt:7
+        files[rel] = files[rel][: len(files[rel]) // 2]
+    elif defect == "symlink":
+        rel = lines["test"][1].split()[0]  # test.txt:2: a link to a file outside the folder
+        del files[rel]
+        links[rel] = "/etc/hostname"
+    elif defect is not None:
+        raise ValueError(f"unknown defect {defect!r} (one of {', '.join(NOAH_DEFECTS)})")
+    for split in SPLITS:
+        files[f"{split}.txt"] = ("\n".join(lines[split]) + "\n").encode()
+    return files, links
+
+
+def write_noah_zip(path: Path, tasks: Sequence[TaskSpec], defects: dict[str, str] | None = None,
+                   escape: bool = False, top: str = "vtab-1k", hw: tuple[int, int] = (8, 8)) -> Path:
+    """A zip of ``top/<folder>/...`` for each task (the folder: the task's last alias, as NOAH names it).
+
+    ``defects``: task name -> one of NOAH_DEFECTS. ``escape``: entries ``../escaped.txt`` and
+    ``/tmp/.../absolute.txt`` that try to leave the target folder."""
+    import stat
+    import zipfile
+
+    path = Path(path)
+    defects = defects or {}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for n, task in enumerate(tasks):
+            folder = f"{top}/{task.folder_names[-1]}"
+            files, links = noah_task_files(task, hw, seed=n, defect=defects.get(task.name))
+            for rel, data in files.items():
+                zf.writestr(f"{folder}/{rel}", data)
+            for rel, target in links.items():
+                info = zipfile.ZipInfo(f"{folder}/{rel}")
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                zf.writestr(info, target)
+        if escape:
+            zf.writestr(f"{top}/../escaped.txt", b"outside")
+            zf.writestr("/tmp/peftbench-absolute.txt", b"outside")
+    return path
+
+
+def write_fgvc_folder(root: Path, tasks: Sequence[TaskSpec], defects: dict[str, str] | None = None,
+                      hw: tuple[int, int] = (8, 8)) -> Path:
+    """FGVC data sets as the VPT loader reads them: ``<folder>/{train,val,test}.json`` (image path relative
+    to the task's image root -> class id) and the images; folder: the task's first alias (CUB_200_2011,
+    NABirds, ...). Sizes from the task table; ``defects``: task name -> one of FGVC_DEFECTS, placed at
+    train.json line 3 (missing image, short split), val.json line 2 (label, overlap), test.json line 4
+    (truncated JPEG, symlink). The JSON is written one entry per line."""
+    root = Path(root)
+    defects = defects or {}
+    for n, task in enumerate(tasks):
+        rng = np.random.default_rng(n)
+        folder = root / task.folder_names[1]
+        image_root = folder / task.image_root if task.image_root else folder
+        train, val = task.train_val
+        splits: dict[str, dict[str, int]] = {}
+        for split, size in (("train", train), ("val", val), ("test", task.test_size)):
+            splits[split] = {}
+            for i in range(size):
+                label = (i * 7) % task.num_classes
+                rel = f"{label:03d}.class_{label}/{split}_{i:05d}.jpg"
+                (image_root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (image_root / rel).write_bytes(_jpeg(rng, label, task.num_classes, hw))
+                splits[split][rel] = label
+        defect = defects.get(task.name)
+        train_keys, val_keys, test_keys = (list(splits[s]) for s in ("train", "val", "test"))
+        if defect == "missing_image":
+            (image_root / train_keys[2]).unlink()
+        elif defect == "label_out_of_range":
+            splits["val"][val_keys[1]] = task.num_classes
+        elif defect == "train_short":
+            del splits["train"][train_keys[-1]]
+        elif defect == "train_val_overlap":
+            splits["val"] = {(train_keys[0] if k == val_keys[1] else k): v for k, v in splits["val"].items()}
+        elif defect == "truncated_jpeg":
+            data = (image_root / test_keys[3]).read_bytes()
+            (image_root / test_keys[3]).write_bytes(data[: len(data) // 2])
+        elif defect == "symlink":
+            (image_root / test_keys[3]).unlink()
+            (image_root / test_keys[3]).symlink_to("/etc/hostname")
+        elif defect is not None:
+            raise ValueError(f"unknown defect {defect!r} (one of {', '.join(FGVC_DEFECTS)})")
+        for split, items in splits.items():
+            body = ",\n".join(f" {json.dumps(k)}: {v}" for k, v in items.items())
+            (folder / f"{split}.json").write_text("{\n" + body + "\n}\n")
+    return root

@@ -199,7 +199,7 @@ class Table:
         flag = f"⚠ {SYNTHETIC_FLAG} — {flag}" if s.synthetic else flag
         return (f"{flag}{s.backbone} (weights {weights}{checksum}) · {size} px · suite {s.suite} · "
                 f"protocol {s.protocol} ({metric}, %) · {s.epochs} epochs · {s.precision or 'precision unresolved'}"
-                f"{recipe}")
+                f"{recipe} · data {s.data_source}")
 
     def short_title(self) -> str:
         s = self.setting
@@ -207,7 +207,8 @@ class Table:
         flag = " · RANDOM INIT" if self.random_init else ""
         flag += f" · {SYNTHETIC_FLAG}" if s.synthetic else ""
         precision = s.precision or "precision unresolved"
-        return f"Table {self.number}: {s.backbone} · {s.protocol} · {s.epochs} ep · {size} · {precision}{flag}"
+        return (f"Table {self.number}: {s.backbone} · {s.protocol} · {s.epochs} ep · {size} · {precision} · "
+                f"data {s.data_source}{flag}")
 
 
 def _config_key(record: dict) -> str:

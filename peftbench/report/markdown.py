@@ -138,8 +138,8 @@ def render_markdown(tables: list[Table], records: list[dict], problems: list[str
            + ", ".join(f"{n} {s}" for s, n in counts.items())
            + ("; some files were skipped (see Skipped files)." if problems else "."), ""]
     if len(tables) > 1:
-        out += ["Runs that are not comparable (backbone, weights, image size, protocol, epochs, precision or "
-                + "suite differ) are in separate tables.", ""]
+        out += ["Runs that are not comparable (backbone, weights, image size, protocol, epochs, precision, "
+                + "suite or data source differ) are in separate tables.", ""]
     for table in tables:
         out += [f"## Table {table.number} — {table.title()}", ""]
         if table.differs_from_first:

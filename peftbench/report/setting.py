@@ -30,10 +30,11 @@ class Setting:
     precision: str | None
     recipe: str = "shared"  # "official": the authors' per-task settings (a reproduction, never mixed in)
     synthetic: bool = False  # data from `make-synthetic`: random content, timing only
+    data_source: str = "unverified"  # data.source: the manifest's tag (noah-jpeg, tfds-png, ...); never mixed
 
     LABELS: ClassVar[dict[str, str]] = {"suite": "suite", "backbone": "backbone", "weights": "weights checksum",
               "img_size": "image size", "protocol": "protocol", "epochs": "epochs", "precision": "precision",
-              "recipe": "recipe", "synthetic": "synthetic data"}
+              "recipe": "recipe", "synthetic": "synthetic data", "data_source": "data source"}
 
     def differences(self, other: Setting) -> list[str]:
         return [self.LABELS[f.name] for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
@@ -53,7 +54,13 @@ def setting_of(record: dict) -> Setting:
         precision=None if precision == "auto" else precision,
         recipe=(record.get("config") or {}).get("recipe") or "shared",  # records before recipes: shared
         synthetic=bool((record.get("data") or {}).get("synthetic")),
+        data_source=data_source_of(record),
     )
+
+
+def data_source_of(record: dict) -> str:
+    """The record's data source; records written before data provenance count as unverified."""
+    return str((record.get("data") or {}).get("source") or "unverified")
 
 
 def split_settings(records: list[dict]) -> dict[Setting, list[dict]]:

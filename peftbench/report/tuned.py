@@ -16,6 +16,7 @@ from typing import Any
 from ..data.tasks import suite_tasks
 from ..errors import UsageError
 from ..selection import choose, is_tune_record, search_values, val_top1
+from .setting import data_source_of
 
 
 def is_tuned(record: dict) -> bool:
@@ -28,7 +29,7 @@ def tuned_setting(record: dict) -> tuple:
     train = (record.get("config") or {}).get("train") or {}
     precision = (record.get("metrics") or {}).get("precision") or train.get("precision")
     return (record.get("suite"), bb.get("name"), bb.get("checksum") or bb.get("weights"),
-            tuple(bb.get("img_size") or ()), train.get("epochs"), precision)
+            tuple(bb.get("img_size") or ()), train.get("epochs"), precision, data_source_of(record))
 
 
 @dataclass
@@ -68,9 +69,10 @@ class TunedTable:
     budgets: dict[str, set]  # method -> trials per task seen (equal budget shows as one value)
 
     def title(self) -> str:
-        suite, backbone, _, size, epochs, precision = self.setting
+        suite, backbone, _, size, epochs, precision, data = self.setting
         px = "×".join(str(v) for v in size) or "?"
-        return f"{backbone} · {px} px · suite {suite} · {epochs} epochs · {precision or 'precision unresolved'}"
+        return (f"{backbone} · {px} px · suite {suite} · {epochs} epochs · {precision or 'precision unresolved'} · "
+                f"data {data}")
 
 
 def _device_kind(record: dict) -> str:
