@@ -57,7 +57,7 @@ class VerifyReport:
     root: Path
     source: str | None
     manifest: Path | None  # the manifest written (None: nothing to write)
-    verified: dict[str, int] = field(default_factory=dict)  # task -> images checked
+    verified: dict[str, int] = field(default_factory=dict)  # task -> distinct images checked
     failed: dict[str, list[str]] = field(default_factory=dict)  # task -> its problems (file:line: ...)
 
     @property
@@ -117,7 +117,7 @@ def verify_and_write_manifest(root: Path, source: str, tasks: Sequence[str] | No
         if merged:
             entry["extra"] = json.loads(json.dumps(merged, default=str))
         entries[spec.name] = _sealed(entry)
-        report.verified[spec.name] = sum(s["images"] for s in entry["splits"].values())
+        report.verified[spec.name] = entry["images"]
     report.manifest = _write(root, entries, drop=report.failed)
     return report
 
@@ -153,7 +153,7 @@ def reverify(root: Path, tasks: Sequence[str] | None = None, progress: Progress 
         assert entry is not None
         fresh = {**{k: v for k, v in old.items() if k not in ("stat", "sha256")}, "stat": entry["stat"]}
         entries[name] = _sealed(fresh)
-        report.verified[name] = sum(s["images"] for s in entry["splits"].values())
+        report.verified[name] = entry["images"]
     report.manifest = _write(root, entries, drop=report.failed)
     return report
 
@@ -237,7 +237,8 @@ def check_task(root: Path, spec: TaskSpec, progress: Progress | None = None, thr
                         "images_sha256": _images_sha256(entries)}
         stat["files"][file] = _stat(path)
         stat["images"][name] = images_stat_digest(entries)
-    entry = {"folder": lists.folder.name, "layout": spec.layout, "classes": spec.num_classes,
+    distinct = len({e.path for entries in lists.splits.values() for e in entries})
+    entry = {"folder": lists.folder.name, "layout": spec.layout, "classes": spec.num_classes, "images": distinct,
              "splits": splits, "stat": stat}
     return entry, []
 
