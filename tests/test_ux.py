@@ -236,7 +236,7 @@ def test_every_option_of_every_command_has_help():
 
 
 @pytest.mark.parametrize("argv, names", [
-    (["tasks", "--suite", "vtab2k"], "(suites: mini, vtab1k)"),
+    (["tasks", "--suite", "vtab2k"], "(suites: fgvc, mini, vtab1k)"),
     (["run", "--tasks", "digitz"], "(tasks: digits, texture, sprite_loc, sprite_ori, count; or 'all')"),
     (["inspect", "--method", "full", "--suite", "vtab1k", "--task", "cifar1000"], "(tasks: cifar100, caltech101, "),
 ])
