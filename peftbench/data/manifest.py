@@ -188,7 +188,11 @@ def _write(root: Path, entries: dict[str, dict], drop: Iterable[str]) -> Path | 
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tasks": dict(sorted(tasks.items()))}
     path = manifest_path(root)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"))
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}; the folder was verified but nothing "
+                         "was recorded (make it writable and run the same command again)") from exc
     return path
 
 

@@ -107,14 +107,19 @@ def extract_zip(zip_path: Path, target: Path, folders: set[str], progress: Progr
     refused: list[str] = []
     with zf:
         infos = zf.infolist()
-        need = sum(i.file_size for i in infos if not i.is_dir())
+        prefix = _common_prefix([i for i in infos if not _unsafe(i.filename)], folders)
         target.mkdir(parents=True, exist_ok=True)
+        base = target.resolve()
+
+        def done(info: zipfile.ZipInfo) -> bool:  # unpacked by an earlier, interrupted run
+            dest = target / (info.filename[len(prefix):] if info.filename.startswith(prefix) else info.filename)
+            return dest.is_file() and not dest.is_symlink() and dest.stat().st_size == info.file_size
+
+        need = sum(i.file_size for i in infos if not i.is_dir() and not _unsafe(i.filename) and not done(i))
         free = shutil.disk_usage(target).free
         if need > free:
-            raise UsageError(f"--from {zip_path}: unpacking needs {need / 2**30:.1f} GiB, {target} has "
+            raise UsageError(f"--from {zip_path}: unpacking needs {need / 2**30:.1f} GiB more, {target} has "
                              f"{free / 2**30:.1f} GiB free")
-        prefix = _common_prefix([i for i in infos if not _unsafe(i.filename)], folders)
-        base = target.resolve()
         advance = progress(f"unzip {zip_path.name}", len(infos)) if progress else (lambda n: None)
         for info in infos:
             advance(1)
@@ -133,7 +138,7 @@ def extract_zip(zip_path: Path, target: Path, folders: set[str], progress: Progr
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
-            if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == info.file_size:
+            if done(info):
                 continue  # unpacked before (an interrupted run resumes)
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.parent / f".{dest.name}.part"
