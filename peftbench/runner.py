@@ -450,7 +450,8 @@ def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: d
                  "checksum": job.data_checksum, "splits": {k: len(v) for k, v in td.lists.splits.items()},
                  "train_split": train_split, "eval_split": eval_split,
                  "synthetic": is_synthetic(td.lists.folder.resolve().parent),
-                 **td.lists.provenance},  # source and manifest_sha256 (data/manifest.py)
+                 "source": "unverified", "manifest_sha256": None,
+                 **td.lists.provenance},  # from the data root's MANIFEST.json (data/manifest.py)
         "metrics": outcome.get("metrics", {}), "method_info": outcome.get("method_info", {}),
         "notices": outcome.get("notices", []), "prepare_phases_s": outcome.get("phase_s", {}),
         "provenance": {**prov, "resumed_from_epoch": outcome.get("resumed_from_epoch", 0)},
