@@ -309,6 +309,20 @@ def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> in
     from .data.prepare import SOURCE_TAGS, prepare_folder
 
     tasks = None if args.tasks.strip() in ("", "all") else _csv(args.tasks)
+    if args.verify is not None and (args.source is not None or args.suite is not None):
+        raise UsageError("--verify ROOT re-checks a prepared folder on its own (no SUITE, no --from)")
+    if args.verify is None:
+        if args.suite is None or args.source is None:
+            raise UsageError("usage: peftbench prepare SUITE --from PATH (SUITE: " + ", ".join(SOURCE_TAGS)
+                             + "), or peftbench prepare --verify ROOT")
+        if args.suite not in SOURCE_TAGS:
+            from .util import did_you_mean
+
+            raise UsageError(f"prepare: unknown suite '{args.suite}'" + did_you_mean(args.suite, list(SOURCE_TAGS))
+                             + f" (suites: {', '.join(SOURCE_TAGS)})")
+        if args.source == "tfds":
+            raise UsageError("--from tfds: the TFDS route is not part of this build")
+    refused: list[str] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         def bar(label: str, total: int):
@@ -316,21 +330,8 @@ def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> in
             return lambda n: progress.update(handle, advance=n)
 
         if args.verify is not None:
-            if args.source is not None or args.suite is not None:
-                raise UsageError("--verify ROOT re-checks a prepared folder on its own (no SUITE, no --from)")
             result = reverify(args.verify, tasks, bar, args.threads, args.max_image_pixels)
-            refused: list[str] = []
         else:
-            if args.suite is None or args.source is None:
-                raise UsageError("usage: peftbench prepare SUITE --from PATH (SUITE: "
-                                 + ", ".join(SOURCE_TAGS) + "), or peftbench prepare --verify ROOT")
-            if args.suite not in SOURCE_TAGS:
-                from .util import did_you_mean
-
-                raise UsageError(f"prepare: unknown suite '{args.suite}'" + did_you_mean(args.suite, list(SOURCE_TAGS))
-                                 + f" (suites: {', '.join(SOURCE_TAGS)})")
-            if args.source == "tfds":
-                raise UsageError("--from tfds: the TFDS route is not part of this build")
             prepared = prepare_folder(args.suite, Path(args.source), args.out, tasks, bar, args.threads,
                                       args.max_image_pixels)
             result, refused = prepared.verify, prepared.refused

@@ -99,6 +99,11 @@ def verify_and_write_manifest(root: Path, source: str, tasks: Sequence[str] | No
     manifest (an older entry of it is removed) and reported with its problems; the others are
     written. Entries of tasks not checked in this call are kept. Never raises for bad data: the
     report says what failed; raises UsageError only for a bad ``suite`` / ``tasks`` / ``root``.
+
+    The expected split sizes come from the suite's task table (``tasks.SUITES[suite]``: ``train_val``
+    and ``test_size``); a test with small generated splits replaces that table for its duration, e.g.
+    ``monkeypatch.setitem(SUITES, "vtab1k", tuple(dataclasses.replace(t, test_size=30) for t in VTAB1K))``.
+    ``progress(label, total)`` returns ``advance(n)`` (the CLI passes rich progress bars).
     """
     root = Path(root)
     if not root.is_dir():
