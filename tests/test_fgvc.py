@@ -12,8 +12,8 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.data import tasks as task_table
-from peftbench.data.fgvc import collect_fgvc_lists
 from peftbench.data.manifest import read_manifest
+from peftbench.data.splits import collect_task_lists
 from peftbench.data.synthetic import write_fgvc_folder
 from peftbench.records import load_records
 
@@ -80,7 +80,7 @@ def test_sparse_class_ids_are_numbered_in_sorted_order(table, tmp_path):
     for name in ("train.json", "val.json", "test.json"):  # ids 0, 1, 2 -> 10, 20, 30
         data = json.loads((folder / name).read_text())
         (folder / name).write_text(json.dumps({k: 10 * (v + 1) for k, v in data.items()}))
-    lists, problems = collect_fgvc_lists(root, spec)
+    lists, problems = collect_task_lists(root, spec)
     assert problems == []
     assert sorted({e.label for e in lists.splits["test"]}) == [0, 1, 2]
 

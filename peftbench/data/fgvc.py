@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import DataError
-from .splits import Entry, TaskLists, cross_split_problems, find_task_folder
 from .tasks import TaskSpec
 
 FILES = {"train800": "train.json", "val200": "val.json", "test": "test.json"}  # our split name -> VPT file
@@ -67,12 +65,12 @@ def _read_json(path: Path, problems: list[str]) -> list[tuple[str, object, int]]
     return out
 
 
-def collect_fgvc_lists(root: Path, task: TaskSpec) -> tuple[TaskLists | None, list[str]]:
-    """The FGVC task's split files as ``TaskLists`` plus every problem (file:line); see the module doc."""
-    try:
-        folder = find_task_folder(root, task)
-    except DataError as exc:
-        return None, [str(exc)]
+Item = tuple[Path, str, int, int]  # (absolute image path, path relative to the task folder, label, line)
+
+
+def read_fgvc_folder(folder: Path, task: TaskSpec) -> tuple[dict[str, list[Item]], dict[str, str], list[str]]:
+    """The task folder's split files as items per split (our split names), the file of each split, and every
+    problem (file:line). splits.collect_task_lists turns them into ``TaskLists``; see the module doc."""
     problems: list[str] = []
     image_root = folder / task.image_root if task.image_root else folder
     if not image_root.is_dir():
@@ -88,7 +86,7 @@ def collect_fgvc_lists(root: Path, task: TaskSpec) -> tuple[TaskLists | None, li
             raw[split] = items
     mapping = _class_map(task, folder, raw, problems)
     resolved_folder = folder.resolve()
-    splits: dict[str, list[Entry]] = {}
+    splits: dict[str, list[Item]] = {}
     for split, items in raw.items():
         path, entries = folder / FILES[split], []
         for key, value, line in items:
@@ -103,15 +101,13 @@ def collect_fgvc_lists(root: Path, task: TaskSpec) -> tuple[TaskLists | None, li
             if not full.is_file():
                 problems.append(f"{where}: missing image {rel_path.as_posix()}")
                 continue
-            entries.append(Entry(path=full, rel=rel_path.as_posix(), label=mapping[value], line=line))
+            entries.append((full, rel_path.as_posix(), mapping[value], line))
         splits[split] = entries
     if "train800" in splits and "val200" in splits:
         splits["train800val200"] = splits["train800"] + splits["val200"]
     files = {split: str(folder / name) for split, name in FILES.items()}
     files["train800val200"] = f"{folder / 'train.json'} + val.json"
-    lists = TaskLists(task=task, folder=folder, splits=splits, files=files)
-    problems += cross_split_problems(lists, set())
-    return lists, problems
+    return splits, files, problems
 
 
 def _class_map(task: TaskSpec, folder: Path, raw: dict[str, list[tuple[str, object, int]]],

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from .fgvc import read_fgvc_folder
 from .tasks import TaskSpec
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -104,14 +105,15 @@ def collect_task_lists(root: Path, task: TaskSpec) -> tuple[TaskLists | None, li
     """The task's split lists and every problem found in them (file:line), without raising.
 
     ``None`` when the task has no folder. The lists hold only the good lines of each file."""
-    if task.layout == "fgvc":
-        from .fgvc import collect_fgvc_lists
-
-        return collect_fgvc_lists(Path(root), task)
     try:
         folder = find_task_folder(Path(root), task)
     except DataError as exc:
         return None, [str(exc)]
+    if task.layout == "fgvc":
+        items, files, problems = read_fgvc_folder(folder, task)
+        lists = TaskLists(task=task, folder=folder, files=files,
+                          splits={s: [Entry(*item) for item in found] for s, found in items.items()})
+        return lists, problems + cross_split_problems(lists, set())
     problems: list[str] = []
     splits: dict[str, list[Entry]] = {}
     clean: set[str] = set()  # lists without a bad line: only these are compared for equality
