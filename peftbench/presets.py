@@ -31,7 +31,7 @@ class Preset:
     name: str  # timm name with its pretrained tag
     label: str
     img_size: int | None = None  # run at this size (None: the pretrained_cfg's); timm resizes position embeddings
-    weights_note: str = "pretrained (timm / Hugging Face cache) or --weights PATH"
+    weights_note: str = "pretrained or --weights PATH"
 
 
 PRESETS: tuple[Preset, ...] = (
@@ -48,7 +48,7 @@ PRESETS: tuple[Preset, ...] = (
     Preset("vit_base_patch16_clip_quickgelu_224.openai", "CLIP ViT-B/16 image tower (OpenAI), QuickGELU as the "
            "original"),
     Preset(MOCOV3, "MoCo v3 ViT-B/16 (the authors' checkpoint file, mapped onto timm's ViT-B/16)",
-           weights_note="--weights PATH (e.g. vit-b-300ep.pth.tar) or none"),
+           weights_note="--weights PATH (the authors' .pth.tar)"),
 )
 
 # What the VTAB-1k literature used, for names that resolve elsewhere (the warning names it)
@@ -177,3 +177,7 @@ def vit_base_patch16_mocov3(pretrained: bool = False, **kwargs) -> VisionTransfo
         raise RuntimeError("vit_base_patch16_mocov3: no download; pass the authors' checkpoint with --weights PATH")
     args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0)
     return build_model_with_cfg(VisionTransformer, "vit_base_patch16_mocov3", False, **{**args, **kwargs})
+
+
+def backbone_table() -> list[dict]:
+    return [describe_preset(p) for p in PRESETS]
