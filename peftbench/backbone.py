@@ -19,8 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from . import models  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
-from . import presets  # registers vit_base_patch16_mocov3 (MoCo v3 weights from the authors' file)
+from . import (
+    models,  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
+    presets,  # registers vit_base_patch16_mocov3 (MoCo v3 weights from the authors' file)
+)
 from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (torch-free home; runner imports it from here)
 from .errors import CheckpointError, UsageError
 from .hub import _hub_offline, _in_hub_cache, hub_unreachable  # noqa: F401  (network probing lives in hub.py)
@@ -52,6 +54,7 @@ class Backbone:
     timm_name: str | None = None  # what timm built: architecture.tag (a legacy name resolved)
     pretrained_tag: str | None = None
     file_sha256: str | None = None  # of the checkpoint file actually loaded (None: random init, or not found)
+    build_name: str | None = None  # the name handed to timm (a legacy name's target), if not ``name``
 
     def describe(self) -> dict:
         return {"name": self.name, "weights": self.weights, "checksum": self.checksum,
@@ -62,7 +65,8 @@ class Backbone:
 
     def instantiate(self, num_classes: int, drop_path: float = 0.0) -> nn.Module:
         """A new model with the backbone weights and a freshly initialised classifier."""
-        model = _create(self.name, num_classes=num_classes, img_size=self.img_size, drop_path_rate=drop_path)
+        model = _create(self.build_name or self.name, num_classes=num_classes, img_size=self.img_size,
+                        drop_path_rate=drop_path)
         missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
         assert not unexpected and all(k.startswith(CLASSIFIER_PREFIXES) for k in missing), (missing, unexpected)
         return model
@@ -104,7 +108,7 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        if suffix in (".pth", ".pt", ".bin", ".ckpt") or path.name.lower().endswith(".pth.tar"):  # MoCo v3
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as exc:
@@ -180,20 +184,21 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
     file_sha256 = None
     if weights == "pretrained" and preset is not None and preset.weights_note.startswith("--weights"):
         raise UsageError(f"--backbone {name}: timm has no download for it; pass {preset.weights_note}")
+    timm_name = resolved.build_name
     if weights == "none":
         torch.manual_seed(init_seed)
-        model = _create(name, num_classes=0, img_size=img_size)
+        model = _create(timm_name, num_classes=0, img_size=img_size)
         source = "none"
     elif weights == "pretrained":
         unreachable = hub_unreachable()
-        if unreachable and not _in_hub_cache(name):
+        if unreachable and not _in_hub_cache(timm_name):
             raise CheckpointError(
                 f"--backbone {name}: pretrained weights are not in the timm/Hugging Face cache and we are offline "
                 f"({unreachable}); pass a local file with --weights PATH (e.g. ViT-B_16.npz) or --weights none for "
                 "random initialisation")
         try:
             with _hub_offline(unreachable is not None):  # the cache only: no retries, no waiting
-                model = timm.create_model(name, pretrained=True, num_classes=0,
+                model = timm.create_model(timm_name, pretrained=True, num_classes=0,
                                           **({"img_size": img_size} if img_size else {}))
         except Exception as exc:
             if isinstance(exc, RuntimeError) and "Unknown model" in str(exc):
@@ -210,7 +215,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
         file_sha256 = _file_sha256(Path(cached)) if cached else None
     else:
         path = Path(os.path.expanduser(weights))
-        model = _create(name, num_classes=0, img_size=img_size)
+        model = _create(timm_name, num_classes=0, img_size=img_size)
         _load_file_into(model, path, trust_checkpoint)
         source = str(path)
         file_sha256 = _file_sha256(path)
@@ -223,7 +228,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
                 "depth": len(model.blocks)}
     return Backbone(name=name, weights=source, checksum=_state_checksum(sd), preprocess=pre,
                     img_size=img_size, state_dict=sd, geometry=geometry, timm_name=resolved.timm_name,
-                    pretrained_tag=resolved.tag or None, file_sha256=file_sha256)
+                    pretrained_tag=resolved.tag or None, file_sha256=file_sha256, build_name=timm_name)
 
 
 def _file_sha256(path: Path) -> str:

@@ -340,8 +340,8 @@ def _cmd_backbones(args: argparse.Namespace, console: Console) -> int:
     for col in ("backbone (timm name.tag)", "input", "mean / std", "prefix", "pre-norm", "act", "weights"):
         table.add_column(col)
     for r in rows:
-        size = "x".join(map(str, r["img_size"])) + (" (pretrained {})".format("x".join(map(str, r["pretrained_img_size"])))
-                                                   if r["img_size"] != r["pretrained_img_size"] else "")
+        size, native = ("x".join(map(str, r[k])) for k in ("img_size", "pretrained_img_size"))
+        size += f" (pretrained {native})" if r["img_size"] != r["pretrained_img_size"] else ""
         prefix = "cls" + (f" + {r['register_tokens']} reg" if r["register_tokens"] else "")
         norm = "/".join(f"{v:.3g}" for v in r["mean"]) + " / " + "/".join(f"{v:.3g}" for v in r["std"])
         table.add_row(r["name"], size, norm, prefix if r["class_token"] else str(r["prefix_tokens"]),

@@ -71,6 +71,12 @@ class Resolved:
     architecture: str
     tag: str
     warning: str | None
+    legacy: bool = False
+
+    @property
+    def build_name(self) -> str:
+        """The name to hand timm: a legacy name's target (timm would map it with a warning of its own)."""
+        return self.timm_name if self.legacy else self.requested
 
 
 def resolve_name(name: str) -> Resolved:
@@ -97,7 +103,7 @@ def resolve_name(name: str) -> Resolved:
             warning += f"; the VTAB-1k literature used {literature}"
     if warning and arch in GELU_NOT_QUICKGELU:
         warning = warning.replace("the VTAB-1k literature used", "the original is")
-    return Resolved(name, resolved, arch, tag, warning)
+    return Resolved(name, resolved, arch, tag, warning, legacy=name in deprecated)
 
 
 def _known(arch: str) -> bool:

@@ -37,6 +37,15 @@ class MethodSpec:
     def family_name(self) -> str:
         return self.family or self.name
 
+    def build_on(self, backbone_name: str, vit: Any, num_classes: int, cfg: Any, ctx: Any) -> Any:
+        """``build``, where a method that cannot support the architecture says so in one line (method,
+        backbone, reason) at build time, before any training."""
+        try:
+            return self.build(vit, num_classes, cfg, ctx)
+        except UsageError as exc:
+            reason = str(exc).removeprefix(f"{self.name}: ")
+            raise UsageError(f"{self.name} cannot run on --backbone {backbone_name}: {reason}") from exc
+
     def search_space(self) -> dict[str, list[Any]]:
         """The knobs a tune searches, with their values: declared as ``field(metadata={"search": [...]})``."""
         return {f.name: list(f.metadata["search"]) for f in dataclasses.fields(self.config_cls)

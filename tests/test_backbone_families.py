@@ -149,3 +149,19 @@ def test_probe_detects_prompts_before_a_prefix_token(tmp_path, monkeypatch):
     with torch.no_grad():
         model.eval()(torch.randn(2, 3, img, img))
     probe.check(prefix, "vpt_shallow")
+
+
+def test_unsupported_architecture_is_refused_at_build_in_one_line(tmp_path):
+    """SHIP reads the class token's attention: on a backbone without one it refuses at build time,
+    naming the method, the backbone and the reason, in one line."""
+    from peftbench.errors import UsageError
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                            num_classes=NUM_CLASSES, class_token=False, global_pool="avg", **TINY)
+    spec = get_method("ship")
+    cfg = build_dataclass(spec.config_cls, KNOBS["ship"], "ship")
+    with pytest.raises(UsageError) as err:
+        spec.build_on("vit_avgpool_tiny", vit, NUM_CLASSES, cfg, _ctx(32, tmp_path))
+    assert str(err.value) == ("ship cannot run on --backbone vit_avgpool_tiny: the backbone has no class token, "
+                              "whose attention SHIP reads")
