@@ -256,7 +256,8 @@ REFERENCE_FILE = "resources/published_vtab1k_all.csv"
 
 def load_reference(path: Path | None = None) -> list[dict]:
     """Published per-task accuracies (method, task, top1, protocol, source[, variant, params_m,
-    published_means]): one line per task of each published row, methods named as the harness names them."""
+    published_means, also_in]): one line per task of each published row, methods named as the harness
+    names them."""
     if path is None:
         text = resources.files("peftbench").joinpath(REFERENCE_FILE).read_text()
     else:
@@ -288,6 +289,8 @@ def _reference_rows(reference: list[dict], layout: Layout, methods: set[str]) ->
         rows.append(row)
         if lines[0].get("published_means"):
             printed.append(f"{row.method} [{row.footnote}] {lines[0]['published_means']}")
+        if lines[0].get("also_in"):
+            printed.append(f"{row.method} [{row.footnote}]: the same per-task numbers in {lines[0]['also_in']}")
     notes = [f"[{n}] {source}. Protocol: {protocol}." for (source, protocol), n in sources.items()]
     if rows:
         notes.append("Published rows: both means recomputed from the per-task numbers (mean of the 19 tasks, and "
