@@ -65,8 +65,8 @@ def setting_of(record: dict) -> Setting:
 
 def split_settings(records: list[dict]) -> dict[Setting, list[dict]]:
     """Records by setting, largest group first. A run that failed before its precision was
-    resolved ('auto'), or a record from before checkpoint files were hashed, joins the table that
-    matches it in everything else, if there is exactly one."""
+    resolved ('auto'), or a record without a checkpoint file hash, joins the table that matches it
+    in everything else, if there is exactly one."""
     groups: dict[Setting, list[dict]] = defaultdict(list)
     pending = []
     for rec in records:
@@ -83,8 +83,9 @@ def split_settings(records: list[dict]) -> dict[Setting, list[dict]]:
 
 
 def _unhashed(record: dict) -> bool:
-    """A record from before ``checkpoint_sha256`` was recorded (its weights are known by their checksum)."""
-    return "checkpoint_sha256" not in (record.get("backbone") or {})
+    """No checkpoint file hash: a record from before it was recorded, random init, or a cached file not
+    found; its weights are still known by their tensor checksum."""
+    return (record.get("backbone") or {}).get("checkpoint_sha256") is None
 
 
 def metric_name(protocol: str | None) -> str:
