@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import UnsupportedBackbone, UsageError
 from .util import did_you_mean
 
 if TYPE_CHECKING:  # torch is heavy (~2 s): `peftbench report` and `tasks` must not pay for it
@@ -42,7 +42,7 @@ class MethodSpec:
         backbone, reason) at build time, before any training."""
         try:
             return self.build(vit, num_classes, cfg, ctx)
-        except UsageError as exc:
+        except UnsupportedBackbone as exc:
             reason = str(exc).removeprefix(f"{self.name}: ")
             raise UsageError(f"{self.name} cannot run on --backbone {backbone_name}: {reason}") from exc
 
