@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from . import models  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
+from . import (
+    models,  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
+    presets,  # registers vit_base_patch16_mocov3 (MoCo v3 weights from the authors' file)
+)
 from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (torch-free home; runner imports it from here)
 from .errors import CheckpointError, UsageError
 from .hub import _hub_offline, _in_hub_cache, hub_unreachable  # noqa: F401  (network probing lives in hub.py)
@@ -47,15 +51,22 @@ class Backbone:
     img_size: int | None
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     geometry: dict[str, int] = field(default_factory=dict)  # image_tokens, prefix_tokens, depth (for checks)
+    timm_name: str | None = None  # what timm built: architecture.tag (a legacy name resolved)
+    pretrained_tag: str | None = None
+    file_sha256: str | None = None  # of the checkpoint file actually loaded (None: random init, or not found)
+    build_name: str | None = None  # the name handed to timm (a legacy name's target), if not ``name``
 
     def describe(self) -> dict:
         return {"name": self.name, "weights": self.weights, "checksum": self.checksum,
                 "img_size": list(self.preprocess.img_size), "interpolation": self.preprocess.interpolation,
-                "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)}
+                "mean": list(self.preprocess.mean), "std": list(self.preprocess.std),
+                "timm_name": self.timm_name, "pretrained_tag": self.pretrained_tag,
+                "checkpoint_sha256": self.file_sha256}
 
     def instantiate(self, num_classes: int, drop_path: float = 0.0) -> nn.Module:
         """A new model with the backbone weights and a freshly initialised classifier."""
-        model = _create(self.name, num_classes=num_classes, img_size=self.img_size, drop_path_rate=drop_path)
+        model = _create(self.build_name or self.name, num_classes=num_classes, img_size=self.img_size,
+                        drop_path_rate=drop_path)
         missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
         assert not unexpected and all(k.startswith(CLASSIFIER_PREFIXES) for k in missing), (missing, unexpected)
         return model
@@ -97,7 +108,7 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        if suffix in (".pth", ".pt", ".bin", ".ckpt") or path.name.lower().endswith(".pth.tar"):  # MoCo v3
             try:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as exc:
@@ -137,6 +148,8 @@ def _load_file_into(model: nn.Module, path: Path, trust: bool) -> None:
             raise CheckpointError(f"--weights {path}: unreadable .npz checkpoint: {type(exc).__name__}: {exc}") from exc
         return
     sd = _read_state_dict(path, trust)
+    if presets.is_mocov3_state(sd):  # the authors' MoCo v3 file: their ViT under module.base_encoder.
+        sd = presets.mocov3_state_dict(sd)
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     try:
@@ -162,20 +175,30 @@ def _load_file_into(model: nn.Module, path: Path, trust: bool) -> None:
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img_size: int | None = None,
                   trust_checkpoint: bool = False, init_seed: int = 0) -> Backbone:
     """Create the ViT once and load its weights: 'pretrained' (timm cache), 'none', or a path."""
+    resolved = presets.resolve_name(name)
+    if resolved.warning:
+        print(f"warning: {resolved.warning}", file=sys.stderr)
+    preset = presets.preset(resolved.timm_name)
+    if img_size is None and preset is not None:
+        img_size = preset.img_size  # e.g. DINOv2 at 224 px, its position embeddings resized by timm
+    file_sha256 = None
+    if weights == "pretrained" and preset is not None and preset.weights_note.startswith("--weights"):
+        raise UsageError(f"--backbone {name}: timm has no download for it; pass {preset.weights_note}")
+    timm_name = resolved.build_name
     if weights == "none":
         torch.manual_seed(init_seed)
-        model = _create(name, num_classes=0, img_size=img_size)
+        model = _create(timm_name, num_classes=0, img_size=img_size)
         source = "none"
     elif weights == "pretrained":
         unreachable = hub_unreachable()
-        if unreachable and not _in_hub_cache(name):
+        if unreachable and not _in_hub_cache(timm_name):
             raise CheckpointError(
                 f"--backbone {name}: pretrained weights are not in the timm/Hugging Face cache and we are offline "
                 f"({unreachable}); pass a local file with --weights PATH (e.g. ViT-B_16.npz) or --weights none for "
                 "random initialisation")
         try:
             with _hub_offline(unreachable is not None):  # the cache only: no retries, no waiting
-                model = timm.create_model(name, pretrained=True, num_classes=0,
+                model = timm.create_model(timm_name, pretrained=True, num_classes=0,
                                           **({"img_size": img_size} if img_size else {}))
         except Exception as exc:
             if isinstance(exc, RuntimeError) and "Unknown model" in str(exc):
@@ -188,11 +211,14 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
                 ) from exc
         check_vit(model, name)
         source = "pretrained"
+        cached = presets.pretrained_file(resolved.timm_name)
+        file_sha256 = _file_sha256(Path(cached)) if cached else None
     else:
         path = Path(os.path.expanduser(weights))
-        model = _create(name, num_classes=0, img_size=img_size)
+        model = _create(timm_name, num_classes=0, img_size=img_size)
         _load_file_into(model, path, trust_checkpoint)
         source = str(path)
+        file_sha256 = _file_sha256(path)
     cfg = timm.data.resolve_data_config({}, model=model)
     h, w = getattr(model.patch_embed, "img_size", None) or cfg["input_size"][1:]
     pre = Preprocess(img_size=(h, w), interpolation=str(cfg.get("interpolation", "bicubic")),
@@ -201,7 +227,16 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
     geometry = {"image_tokens": int(model.patch_embed.num_patches), "prefix_tokens": int(model.num_prefix_tokens),
                 "depth": len(model.blocks)}
     return Backbone(name=name, weights=source, checksum=_state_checksum(sd), preprocess=pre,
-                    img_size=img_size, state_dict=sd, geometry=geometry)
+                    img_size=img_size, state_dict=sd, geometry=geometry, timm_name=resolved.timm_name,
+                    pretrained_tag=resolved.tag or None, file_sha256=file_sha256, build_name=timm_name)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---- token-level seams -------------------------------------------------------------------

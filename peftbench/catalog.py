@@ -39,7 +39,7 @@ def inspect_method(method: str, backbone: str | None = None, weights: str = "non
     shared = tensor_ids(vit)
     ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
                        cache_dir=default_cache_dir(), task=task_spec)
-    model = spec.build(vit, num_classes, mcfg, ctx)
+    model = spec.build_on(backbone, vit, num_classes, mcfg, ctx)
     merged_model, merged = inference_model(model)
     out = {"method": method, "suite": suite_recipe.name, "suite_source": suite_source(suite_recipe), "task": name,
            "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_arg(m, "whose recipe gives the defaults shown")
     t = sub.add_parser("tasks", help="list the tasks of a suite")
     _suite_arg(t, "whose tasks to list")
+    b = sub.add_parser("backbones", help="backbone presets the PEFT literature uses (timm name, input size, "
+                                         "normalisation, prefix tokens, pre-norm)")
+    b.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("inspect", help="parameters and inference GFLOPs of a method, without data")
     i.add_argument("--method", required=True, help="a registered method (see `peftbench methods`)")
@@ -392,6 +395,29 @@ def _cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_backbones(args: argparse.Namespace, console: Console) -> int:
+    from .presets import backbone_table
+
+    rows = backbone_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for col in ("backbone (timm name.tag)", "input", "mean / std", "prefix", "pre-norm", "act", "weights"):
+        table.add_column(col)
+    for r in rows:
+        size, native = ("x".join(map(str, r[k])) for k in ("img_size", "pretrained_img_size"))
+        size += f" (pretrained {native})" if r["img_size"] != r["pretrained_img_size"] else ""
+        prefix = "cls" + (f" + {r['register_tokens']} reg" if r["register_tokens"] else "")
+        norm = "/".join(f"{v:.3g}" for v in r["mean"]) + " / " + "/".join(f"{v:.3g}" for v in r["std"])
+        table.add_row(r["name"], size, norm, prefix if r["class_token"] else str(r["prefix_tokens"]),
+                      "yes" if r["pre_norm"] else "no", r["act"], r["weights"])
+    console.print(table)
+    for r in rows:
+        console.print(f"  {r['name']}: {r['label']}", markup=False)
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from .catalog import inspect_method
 
@@ -448,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_methods(args, console)
         if args.command == "tasks":
             return _cmd_tasks(args, console)
+        if args.command == "backbones":
+            return _cmd_backbones(args, console)
         if args.command == "inspect":
             return _cmd_inspect(args, console)
         if args.command == "make-synthetic":

@@ -13,6 +13,11 @@ class UsageError(PeftbenchError):
     """Bad names or options on the command line or in a suite file."""
 
 
+class UnsupportedBackbone(UsageError):
+    """A method that cannot run on this architecture (raised at build time, before any training); the
+    message is the reason, and the caller adds the method and the backbone."""
+
+
 class DataError(PeftbenchError):
     """A data folder that fails the pre-flight check; the message lists every problem."""
 

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import UnsupportedBackbone, UsageError
 from .util import did_you_mean
 
 if TYPE_CHECKING:  # torch is heavy (~2 s): `peftbench report` and `tasks` must not pay for it
@@ -36,6 +36,15 @@ class MethodSpec:
     @property
     def family_name(self) -> str:
         return self.family or self.name
+
+    def build_on(self, backbone_name: str, vit: Any, num_classes: int, cfg: Any, ctx: Any) -> Any:
+        """``build``, where a method that cannot support the architecture says so in one line (method,
+        backbone, reason) at build time, before any training."""
+        try:
+            return self.build(vit, num_classes, cfg, ctx)
+        except UnsupportedBackbone as exc:
+            reason = str(exc).removeprefix(f"{self.name}: ")
+            raise UsageError(f"{self.name} cannot run on --backbone {backbone_name}: {reason}") from exc
 
     def search_space(self) -> dict[str, list[Any]]:
         """The knobs a tune searches, with their values: declared as ``field(metadata={"search": [...]})``."""

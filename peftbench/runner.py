@@ -106,7 +106,7 @@ def _build(spec: MethodSpec, task: TaskSpec, tcfg: TrainConfig, mcfg: Any, backb
     ctx = BuildContext(preprocess=backbone.preprocess, device=device, task=task,
                        backbone_checksum=backbone.checksum, cache_dir=cache_dir, train_batches=train_batches,
                        status=lambda s: reporter.run_progress(0, description=s))
-    model = spec.build(vit, task.num_classes, mcfg, ctx).to(device)
+    model = spec.build_on(backbone.name, vit, task.num_classes, mcfg, ctx).to(device)
     return model, ctx, stored_per_task(model, shared)
 
 

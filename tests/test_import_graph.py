@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("peftbench.data", "peftbench.data.tasks", "peftbench.data.splits", "peftbench.data.content",
      "peftbench.data.images", "peftbench.data.synthetic", "peftbench.data.mini_draw", "peftbench.data.mini"),
     # backbones and the method registry / configuration
-    ("peftbench.models", "peftbench.hub", "peftbench.backbone", "peftbench.registry", "peftbench.config",
-     "peftbench.provenance", "peftbench.status", "peftbench.progress"),
+    ("peftbench.models", "peftbench.presets", "peftbench.hub", "peftbench.backbone", "peftbench.registry",
+     "peftbench.config", "peftbench.provenance", "peftbench.status", "peftbench.progress"),
     # what a method author uses
     ("peftbench.method_api", "peftbench.adapt", "peftbench.toolkit"),
     # methods themselves

@@ -349,6 +349,7 @@ def _as_published_setting(rec: dict, **backbone) -> dict:
     rec = json.loads(json.dumps(rec))
     rec["backbone"].update({"name": "vit_base_patch16_224.orig_in21k", "weights": "ViT-B_16.npz",
                             "checksum": "c" * 64, **backbone})
+    rec["backbone"]["timm_name"] = rec["backbone"]["name"]  # what timm built (the report's key)
     return rec
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftbench.backbone import embed_tokens, logits_from_tokens
-from peftbench.errors import UsageError
+from peftbench.errors import UnsupportedBackbone, UsageError
 from peftbench.method_api import BuildContext, FrozenBackboneModel, MethodOutput, freeze_except_head
 from peftbench.registry import register_method
 
@@ -41,19 +41,19 @@ def prompt_matching_loss(x: torch.Tensor, n: int, cls_logits: torch.Tensor, k: i
 def check_backbone(vit: nn.Module) -> None:
     """SHIP runs timm's pre-norm ``Block`` piece by piece and reads the class token's attention."""
     if getattr(vit, "cls_token", None) is None:
-        raise UsageError("ship: the backbone has no class token, whose attention SHIP reads")
+        raise UnsupportedBackbone("ship: the backbone has no class token, whose attention SHIP reads")
     block_parts = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
     attn_parts = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop", "num_heads", "head_dim")
     for i, block in enumerate(vit.blocks):
         lacking = [p for p in block_parts if not hasattr(block, p)]
         lacking += [f"attn.{p}" for p in attn_parts if not hasattr(getattr(block, "attn", None), p)]
         if lacking:
-            raise UsageError(f"ship: block {i} ({type(block).__name__}) is not a timm pre-norm ViT block "
+            raise UnsupportedBackbone(f"ship: block {i} ({type(block).__name__}) is not a timm pre-norm ViT block "
                              f"(lacks {', '.join(lacking)})")
         if getattr(block.attn, "gate", None) is not None:
-            raise UsageError(f"ship: block {i} uses gated attention, which SHIP does not support")
+            raise UnsupportedBackbone(f"ship: block {i} uses gated attention, which SHIP does not support")
         if block.attn.num_heads * block.attn.head_dim != vit.embed_dim:
-            raise UsageError(f"ship: block {i}: attention width differs from the embedding width")
+            raise UnsupportedBackbone(f"ship: block {i}: attention width differs from the embedding width")
 
 
 class ShipViT(FrozenBackboneModel):

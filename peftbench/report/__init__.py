@@ -14,8 +14,9 @@ printer) and listed by name in ``summary.md`` and ``summary.json``.
 
 How the numbers are made (the rules a reader of the report needs):
 
-- Only comparable runs share a table: the same suite, backbone name, weights checksum, image
-  size, protocol, epochs, precision and recipe. Each other combination gets its own table, headed
+- Only comparable runs share a table: the same suite, backbone (the timm name and tag it resolved
+  to), weights checksum, checkpoint file sha256, normalisation, image size, protocol, epochs,
+  precision and recipe. Each other combination gets its own table, headed
   by what distinguishes it; a random-init backbone (weights ``none``) is flagged in its title; an
   ``official`` recipe table says the authors chose its settings on test.
 - A cell holds runs of one resolved configuration: the newest run's; runs of another
@@ -32,7 +33,9 @@ How the numbers are made (the rules a reader of the report needs):
 - Costs (parameters, GFLOPs, images/s) are means over tasks of the complete runs; peak memory
   is the largest over those runs.
 - Published numbers appear only as labelled reference rows under ours, for VTAB-1k tables that
-  report test accuracy; they never enter our means.
+  report test accuracy on the published backbone: one row per source for each method of the table,
+  both means recomputed from the per-task numbers like ours, the protocol in a footnote; they never
+  enter our means.
 """
 
 from __future__ import annotations

@@ -252,26 +252,34 @@ def _method_cells(chosen: pd.DataFrame, metric: str) -> dict[str, Cell]:
     return cells
 
 
+REFERENCE_FILE = "resources/published_vtab1k_all.csv"
+
+
 def load_reference(path: Path | None = None) -> list[dict]:
-    """Published per-task accuracies (method, task, top1, protocol, source[, params_m])."""
+    """Published per-task accuracies (method, task, top1, protocol, source[, variant, params_m,
+    published_means, also_in]): one line per task of each published row, methods named as the harness
+    names them."""
     if path is None:
-        text = resources.files("peftbench").joinpath("resources/published_vtab1k.csv").read_text()
+        text = resources.files("peftbench").joinpath(REFERENCE_FILE).read_text()
     else:
         text = Path(path).read_text()
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def _reference_rows(reference: list[dict], layout: Layout) -> tuple[list[Row], list[str]]:
-    by_method: dict[str, list[dict]] = {}
+def _reference_rows(reference: list[dict], layout: Layout, methods: set[str]) -> tuple[list[Row], list[str]]:
+    """Published rows of the table's methods, one per (method, variant, source); both means are
+    recomputed from the per-task numbers like ours (the published mean is quoted in a note)."""
+    by_row: dict[tuple[str, str, str], list[dict]] = {}
     for line in reference:
-        by_method.setdefault(line["method"], []).append(line)
+        if line["method"] in methods:
+            by_row.setdefault((line["method"], line.get("variant") or "", line["source"]), []).append(line)
     sources: dict[tuple[str, str], int] = {}
-    rows = []
-    for method, lines in by_method.items():
+    rows, printed = [], []
+    for (method, variant, _), lines in by_row.items():
         cells = {ln["task"]: Cell({0: float(ln["top1"])}) for ln in lines if ln["task"] in layout.tasks}
         if not cells:
             continue
-        row = make_row(method, "published", cells, layout)
+        row = make_row(f"{method} {variant}" if variant else method, "published", cells, layout)
         note_key = (lines[0]["source"], lines[0]["protocol"])
         row.footnote = sources.setdefault(note_key, len(sources) + 1)
         protocol = lines[0]["protocol"]
@@ -280,7 +288,16 @@ def _reference_rows(reference: list[dict], layout: Layout) -> tuple[list[Row], l
         params = [float(ln["params_m"]) for ln in lines if ln.get("params_m")]
         row.costs = {"params_m": fmean(params) if params else None}
         rows.append(row)
+        if lines[0].get("published_means"):
+            printed.append(f"{row.method} [{row.footnote}] {lines[0]['published_means']}")
+        if lines[0].get("also_in"):
+            printed.append(f"{row.method} [{row.footnote}]: the same per-task numbers in {lines[0]['also_in']}")
     notes = [f"[{n}] {source}. Protocol: {protocol}." for (source, protocol), n in sources.items()]
+    if rows:
+        notes.append("Published rows: both means recomputed from the per-task numbers (mean of the 19 tasks, and "
+                     "the mean of the three group means, which NOAH, FacT, SSF, RepAdapter and SHIP print); "
+                     + ("means as the sources print them: " + "; ".join(printed) + "." if printed
+                        else "the sources print no means for these rows."))
     return rows, notes
 
 
@@ -322,7 +339,7 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
                 ref_notes = ["No published reference rows: they are test accuracies and this table reports "
                              + "val200 accuracy."]
             else:
-                refs, ref_notes = _reference_rows(reference, layout)
+                refs, ref_notes = _reference_rows(reference, layout, {row.method for row in rows})
         mem_kinds = {(r.get("metrics") or {}).get("peak_mem_kind") for r in recs if r["status"] == "complete"}
         tables.append(Table(
             number=number, setting=setting, layout=layout, rows=rows, references=refs,

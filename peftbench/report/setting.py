@@ -31,10 +31,15 @@ class Setting:
     recipe: str = "shared"  # "official": the authors' per-task settings (a reproduction, never mixed in)
     synthetic: bool = False  # data from `make-synthetic`: random content, timing only
     data_source: str = "unverified"  # data.source: the manifest's tag (noah-jpeg, tfds-png, ...); never mixed
+    # what timm built and its inputs' normalisation (records before these were kept: the name as given,
+    # no file hash; such a record joins the table that matches it in everything else, see split_settings)
+    normalisation: tuple[tuple[float, ...], ...] = ()  # (mean, std)
+    checkpoint_sha256: str | None = None  # of the weights file loaded
 
     LABELS: ClassVar[dict[str, str]] = {"suite": "suite", "backbone": "backbone", "weights": "weights checksum",
               "img_size": "image size", "protocol": "protocol", "epochs": "epochs", "precision": "precision",
-              "recipe": "recipe", "synthetic": "synthetic data", "data_source": "data source"}
+              "recipe": "recipe", "synthetic": "synthetic data", "normalisation": "normalisation",
+              "checkpoint_sha256": "checkpoint file sha256", "data_source": "data source"}
 
     def differences(self, other: Setting) -> list[str]:
         return [self.LABELS[f.name] for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
@@ -46,7 +51,7 @@ def setting_of(record: dict) -> Setting:
     precision = (record.get("metrics") or {}).get("precision") or train.get("precision")
     return Setting(
         suite=record.get("suite"),
-        backbone=bb.get("name"),
+        backbone=bb.get("timm_name") or bb.get("name"),  # resolved: a legacy name sits with what it loaded
         weights=bb.get("checksum") or bb.get("weights"),
         img_size=tuple(bb.get("img_size") or ()),
         protocol=train.get("protocol"),
@@ -55,6 +60,8 @@ def setting_of(record: dict) -> Setting:
         recipe=(record.get("config") or {}).get("recipe") or "shared",  # records before recipes: shared
         synthetic=bool((record.get("data") or {}).get("synthetic")),
         data_source=data_source_of(record),
+        normalisation=tuple(tuple(bb[k]) for k in ("mean", "std") if bb.get(k)),
+        checkpoint_sha256=bb.get("checkpoint_sha256"),
     )
 
 
@@ -65,19 +72,27 @@ def data_source_of(record: dict) -> str:
 
 def split_settings(records: list[dict]) -> dict[Setting, list[dict]]:
     """Records by setting, largest group first. A run that failed before its precision was
-    resolved ('auto') joins the table that matches it in everything else, if there is one."""
+    resolved ('auto'), or a record without a checkpoint file hash, joins the table that matches it
+    in everything else, if there is exactly one."""
     groups: dict[Setting, list[dict]] = defaultdict(list)
     pending = []
     for rec in records:
         key = setting_of(rec)
-        (pending if key.precision is None else groups[key]).append(rec)
+        (pending if key.precision is None or _unhashed(rec) else groups[key]).append(rec)
     for rec in pending:
         key = setting_of(rec)
-        match = [k for k in groups if k == Setting(**{**asdict(key), "precision": k.precision})]
+        loose = ("precision",) * (key.precision is None) + ("checkpoint_sha256",) * _unhashed(rec)
+        match = [k for k in groups if k == Setting(**{**asdict(key), **{f: getattr(k, f) for f in loose}})]
         groups[match[0] if len(match) == 1 else key].append(rec)
     order = sorted(groups, key=lambda k: (-sum(r["status"] == "complete" for r in groups[k]), -len(groups[k]),
                                           json.dumps(asdict(k), default=str)))
     return {k: groups[k] for k in order}
+
+
+def _unhashed(record: dict) -> bool:
+    """No checkpoint file hash: a record from before it was recorded, random init, or a cached file not
+    found; its weights are still known by their tensor checksum."""
+    return (record.get("backbone") or {}).get("checkpoint_sha256") is None
 
 
 def metric_name(protocol: str | None) -> str:
