@@ -410,3 +410,26 @@ def build_vtab1k_from_tfds(out_root: Path, tfds_dir: Path | None = None, manual_
             on_task(name, state)
     return report
 
+
+
+def prepare_vtab1k_from_tfds(out_root: Path, tfds_dir: Path | None = None, manual_dir: Path | None = None,
+                             tasks: Sequence[str] | None = None, *, progress: Progress | None = None,
+                             threads: int | None = None, on_task: Callable[[str, str], None] | None = None):
+    """``peftbench prepare vtab1k --from tfds``: build the tasks (names or aliases; default all), then verify
+    them and write ``out_root/MANIFEST.json`` with source tag ``tfds-png`` and, per task, the TFDS builder,
+    version and slices it came from. Returns (BuildReport, the manifest writer's report or None when no
+    task is ready)."""
+    from .tasks import resolve_tasks
+
+    names = [t.name for t in resolve_tasks(",".join(tasks) if tasks else "all", "vtab1k")]
+    build = build_vtab1k_from_tfds(out_root, tfds_dir, manual_dir, names, progress=progress, on_task=on_task)
+    ready = [n for n in names if n in build.provenance]
+    if not ready:
+        return build, None
+    # the glue point with the manifest writer every prepare route shares (data/manifest.py)
+    from .manifest import verify_and_write_manifest
+
+    verify = verify_and_write_manifest(out_root, SOURCE_TAG, ready, suite="vtab1k", progress=progress,
+                                       task_extra={n: {"tfds": build.provenance[n]} for n in ready},
+                                       threads=threads)
+    return build, verify
