@@ -334,3 +334,33 @@ def test_bad_label_fails_the_task_and_writes_nothing(mock_tfds, tmp_path, monkey
     assert report.failed["kitti"] == ("kitti: example 4 of TFDS split 'train[:800]' has label 4, outside [0, 4)")
     assert list((tmp_path / "vtab").iterdir()) == []  # the half-written task folder is gone
 
+
+
+def test_cli_prepare_from_tfds_writes_the_manifest(mock_tfds, tmp_path, capsys):
+    pytest.importorskip("peftbench.data.manifest", reason="the shared manifest writer (data/manifest.py) is not "
+                        "on this branch")
+    from peftbench.cli import main
+
+    out, manual = tmp_path / "vtab", tmp_path / "manual"
+    manual.mkdir()
+    argv = ["prepare", "vtab1k", "--from", "tfds", "--out", str(out), "--tfds-dir", str(tmp_path / "tfds"),
+            "--manual-dir", str(manual), "--tasks", "kitti,resisc45"]
+    assert main(argv) == 1  # resisc45's manual download is missing: named, kitti still prepared
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.out + cap.err
+    assert "resisc45 needs a manual download" in cap.err and f"{manual}/NWPU-RESISC45/" in cap.err
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert list(manifest["tasks"]) == ["kitti"]
+    entry = manifest["tasks"]["kitti"]
+    assert entry["source"] == "tfds-png"
+    assert entry["extra"]["tfds"]["builder"] == "kitti" and entry["extra"]["tfds"]["version"] == "3.2.0"
+    assert entry["extra"]["tfds"]["splits"]["val200"] == "validation[:200]"
+    assert {s: v["images"] for s, v in entry["splits"].items()} == {"train800": 800, "val200": 200,
+                                                                    "train800val200": 1000, "test": 711}
+    # again, kitti only: the folder is kept as built, the manifest entry unchanged
+    assert main(argv[:-1] + ["kitti"]) == 0
+    assert "kept kitti" in capsys.readouterr().out
+    assert json.loads((out / "MANIFEST.json").read_text())["tasks"]["kitti"]["sha256"] == entry["sha256"]
+    assert main(["prepare", "vtab1k", "--from", "tfds", "--tasks", "kitti"]) == 2  # no --out
+    assert capsys.readouterr().err.strip() == ("error: prepare vtab1k --from tfds needs --out ROOT (the folder to "
+                                               "build the tasks in)")
