@@ -254,9 +254,17 @@ def _check_task(folder: Path, task: str, want: dict[str, list[tuple[str, int]]])
 
 def test_build_cifar100_smallnorb_dsprites(mock_tfds, tmp_path):
     out = tmp_path / "vtab"
+    bars: dict[str, list[int]] = {}  # label -> [total, advanced]
+
+    def progress(label: str, total: int):
+        bars[label] = [total, 0]
+        return lambda n: bars[label].__setitem__(1, bars[label][1] + n)
+
     report = build_vtab1k_from_tfds(out, tfds_dir=tmp_path / "ignored", tasks=["cifar100", "smallnorb_azi",
-                                                                              "dsprites_loc"])
+                                                                              "dsprites_loc"], progress=progress)
     assert report.ok, report.failed
+    assert bars["cifar100: val200"] == [200, 200] and bars["smallnorb_azi: test"] == [230, 230]
+    assert bars["dsprites_loc: test"] == [200, 200]
     assert sorted(report.built) == ["cifar100", "dsprites_loc", "smallnorb_azi"]
     train = [("train", i) for i in range(800)]
     _check_task(out / "cifar100", "cifar100", {"train800": train, "val200": [("train", i) for i in range(45000, 45200)],

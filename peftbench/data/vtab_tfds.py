@@ -307,7 +307,7 @@ def _write_task(tfds, folder: Path, task: TfdsTask, spec: TaskSpec, builder, sli
                 rel = f"images/{split}/{i:06d}.png"
                 pending.append(pool.submit(img.save, folder / rel, format="PNG"))
                 out.append(f"{rel} {label}")
-                if len(pending) >= 64 * max(1, workers):
+                if len(pending) >= 8 * max(1, workers):  # bounded: decoded images wait in memory
                     _drain(pending, advance)
             _drain(pending, advance)
             if split in expected and len(out) != expected[split]:
