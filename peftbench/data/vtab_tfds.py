@@ -252,22 +252,30 @@ def _open_builder(tfds, task: TfdsTask, tfds_dir: Path | None, manual_dir: Path 
         except Exception as exc:  # noqa: BLE001 - TFDS raises many kinds for an unknown / unsupported version
             errors.append(f"{spec}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             continue
-        if builder.is_prepared():
+        if _is_prepared(builder):
             return builder
         if spec in task.generatable:
             candidates.append(builder)
     if not candidates:
         raise DataError(f"{task.name}: no TFDS builder can be loaded ({'; '.join(errors)})")
     builder = candidates[0]
-    manual = Path(manual_dir) if manual_dir else Path(str(builder.data_dir_root)) / "downloads" / "manual"
+    root = getattr(builder, "data_dir_root", None)
+    if root is None:  # older TFDS: data_dir is <root>/<name>[/<config>]/<version>
+        root = Path(str(builder.data_dir)).parents[2 if builder.builder_config else 1]
+    manual = Path(manual_dir) if manual_dir else Path(str(root)) / "downloads" / "manual"
     if not prepare:
-        raise DataError(f"{task.name}: {builder.info.full_name} is not prepared in {builder.data_dir_root}")
+        raise DataError(f"{task.name}: {builder.info.full_name} is not prepared in {root}")
     missing = _manual_missing(task, manual)
     if missing:
         raise DataError(missing)
     config = tfds.download.DownloadConfig(manual_dir=str(manual)) if task.manual else None
     builder.download_and_prepare(download_config=config)
     return builder
+
+
+def _is_prepared(builder) -> bool:
+    check = getattr(builder, "is_prepared", None)  # TFDS >= 4.9.3; before: its dataset_info.json is there
+    return bool(check()) if check else Path(str(builder.data_dir), "dataset_info.json").is_file()
 
 
 def _num_examples(builder) -> dict[str, int]:
