@@ -101,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                                           "source every run records)")
     prep.add_argument("suite", nargs="?", default=None, help="vtab1k or fgvc")
     prep.add_argument("--from", dest="source", default=None, metavar="PATH",
-                      help="vtab1k: the NOAH folder or its zip; fgvc: the folder of the five data sets with the VPT "
-                           "split files")
+                      help="vtab1k: the NOAH folder or its zip, or 'tfds' (build it from TensorFlow Datasets with "
+                           "the VTAB slices, PNG); fgvc: the folder of the five data sets with the VPT split files")
     prep.add_argument("--out", type=Path, default=None,
-                      help="where a zip is unpacked (default: beside it, without .zip)")
+                      help="where a zip is unpacked (default: beside it, without .zip); with --from tfds: the folder "
+                           "to build the tasks in (required)")
+    prep.add_argument("--tfds-dir", type=Path, default=None, metavar="DIR",
+                      help="--from tfds: TFDS's data folder (default: TFDS's own, ~/tensorflow_datasets)")
+    prep.add_argument("--manual-dir", type=Path, default=None, metavar="DIR",
+                      help="--from tfds: where the manual downloads (resisc45, diabetic_retinopathy) lie "
+                           "(default: TFDS_DIR/downloads/manual)")
     prep.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
     prep.add_argument("--verify", type=Path, default=None, metavar="ROOT",
                       help="re-hash a prepared folder and compare it with its MANIFEST.json")
@@ -323,8 +329,6 @@ def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> in
 
             raise UsageError(f"prepare: unknown suite '{args.suite}'" + did_you_mean(args.suite, list(SOURCE_TAGS))
                              + f" (suites: {', '.join(SOURCE_TAGS)})")
-        if args.source == "tfds":
-            raise UsageError("--from tfds: the TFDS route is not part of this build")
     refused: list[str] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -335,9 +339,12 @@ def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> in
         if args.verify is not None:
             result = reverify(args.verify, tasks, bar, args.threads, args.max_image_pixels)
         else:
-            prepared = prepare_folder(args.suite, Path(args.source), args.out, tasks, bar, args.threads,
-                                      args.max_image_pixels)
-            result, refused = prepared.verify, prepared.refused
+            if args.source == "tfds":
+                result, refused = _prepare_tfds(args, tasks, bar, console), []
+            else:
+                prepared = prepare_folder(args.suite, Path(args.source), args.out, tasks, bar, args.threads,
+                                          args.max_image_pixels)
+                result, refused = prepared.verify, prepared.refused
     for name, images in result.verified.items():
         console.print(f"verified {name}: {images:,} images", markup=False)
     for line in refused[:SHOWN]:
@@ -355,6 +362,23 @@ def _cmd_prepare(args: argparse.Namespace, console: Console, err: Console) -> in
                   + (f", {len(refused)} zip entr{'y' if len(refused) == 1 else 'ies'} refused" if refused else ""),
                   markup=False)
     return 0 if result.ok and not refused else 1
+
+
+def _prepare_tfds(args: argparse.Namespace, tasks: list[str] | None, bar, console: Console):
+    """--from tfds: build the tasks from TensorFlow Datasets (data/vtab_tfds.py), then the common manifest."""
+    from .data.manifest import VerifyReport
+    from .data.vtab_tfds import SOURCE_TAG, prepare_vtab1k_from_tfds
+
+    if args.suite != "vtab1k":
+        raise UsageError(f"prepare {args.suite} --from tfds: the TFDS route builds vtab1k only")
+    if args.out is None:
+        raise UsageError("prepare vtab1k --from tfds needs --out ROOT (the folder to build the tasks in)")
+    build, result = prepare_vtab1k_from_tfds(
+        args.out, args.tfds_dir, args.manual_dir, tasks, progress=bar, threads=args.threads,
+        on_task=lambda task, state: console.print(f"{state} {task}", markup=False) if state != "failed" else None)
+    result = result or VerifyReport(root=args.out, source=SOURCE_TAG, manifest=None)
+    result.failed = {**{name: [line] for name, line in build.failed.items()}, **result.failed}  # printed as one
+    return result
 
 
 def _suite_line(suite: str, source: str) -> str:
