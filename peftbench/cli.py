@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/report)")
     rep.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                      help="show published VTAB-1k accuracies as labelled reference rows")
+    rep.add_argument("--latex", action="store_true",
+                     help="also write summary.tex: the tables in the VTAB-1k papers' layout (booktabs)")
+    cmp = sub.add_parser("compare", help="two methods side by side: per-task differences with intervals, "
+                         "P(A > B), a Wilcoxon test and a verdict")
+    cmp.add_argument("method_a", help="first method")
+    cmp.add_argument("method_b", help="second method")
+    cmp.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default ./runs)")
     for command in sub.choices.values():
         _plugin_arg(command, "plugin_after")
     return p
@@ -286,14 +293,26 @@ def _print_status(runs_dir: Path, console: Console, as_json: bool = False, claim
         console.print(line, markup=False)
 
 
-def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console) -> None:
+def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console, latex: bool = False) -> None:
     from .report import write_report
 
     written = write_report(runs_dir, out, reference=reference,
-                           on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False))
+                           on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False),
+                           latex=latex, on_notice=lambda msg: console.print(msg, markup=False))
     summary = next((p for p in written if p.name == "summary.md"), None)
     console.print(f"report: {len(written)} file(s) in {out}" + (f"; start with {summary}" if summary else ""),
                   markup=False)
+
+
+def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from .report import read_tables
+    from .report.compare import compare_lines
+
+    tables, _, _ = read_tables(args.runs, reference=False,
+                               on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False))
+    for line in compare_lines(tables, args.method_a, args.method_b):
+        console.print(line, markup=False, highlight=False)
+    return 0
 
 
 def _cmd_make_synthetic(args: argparse.Namespace, console: Console) -> int:
@@ -510,8 +529,11 @@ def main(argv: list[str] | None = None) -> int:
             _print_status(args.runs_dir, console, args.json, args.claim_timeout)
             return 0
         if args.command == "report":
-            _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console)
+            _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console,
+                          latex=args.latex)
             return 0
+        if args.command == "compare":
+            return _cmd_compare(args, console)
         raise AssertionError(args.command)
     except PeftbenchError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)

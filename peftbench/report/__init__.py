@@ -52,7 +52,9 @@ from ..atomic import staged_folder
 from ..errors import PeftbenchError, UsageError
 from ..records import finite, load_records, to_dataframe
 from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
+from .compare import PAIRWISE_COLUMNS, pairwise_rows
 from .export import summary_csv, summary_json, table_rows_flat
+from .latex import render_latex
 from .markdown import markdown_table, render_markdown, render_status, table_columns
 from .plots import (
     BAR_SIZE,
@@ -68,6 +70,7 @@ from .plots import (
     table_figures,
 )
 from .setting import Layout, Setting, metric_name, setting_of, split_settings, task_layout
+from .stats import ONE_SEED_NOTE
 from .tuned import TunedTable, is_tuned, render_tuned, tuned_rows, tuned_tables
 
 __all__ = [
@@ -92,14 +95,13 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
-                 on_problem: Callable[[str], None] | None = None) -> list[Path]:
-    """Read the records under ``runs_dir``, write the report into ``out_dir``; return the files.
+def read_tables(runs_dir: Path, reference: bool = True, on_problem: Callable[[str], None] | None = None
+                ) -> tuple[list[Table], list[dict], list[str]]:
+    """The fixed-recipe tables of the records under ``runs_dir``, the records and the skipped files.
 
-    Unreadable files are skipped; each message goes to ``on_problem`` (default: log warning)
-    and into summary.md / summary.json. Raises UsageError when there is no record at all.
-    """
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    Unreadable files are skipped; each message goes to ``on_problem`` (default: log warning).
+    Raises UsageError when there is no record at all."""
+    runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise UsageError(f"runs folder '{runs_dir}' does not exist")
     records, problems = load_records(runs_dir)
@@ -109,10 +111,28 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
         extra = f" (skipped: see the {len(problems)} warning(s) above)" if problems else ""
         raise UsageError(f"no peftbench records under '{runs_dir}'{extra}")
     tables = summary_tables([r for r in records if not is_tuned(r)], load_reference() if reference else None)
+    return tables, records, problems
+
+
+def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
+                 on_problem: Callable[[str], None] | None = None, latex: bool = False,
+                 on_notice: Callable[[str], None] | None = None) -> list[Path]:
+    """Read the records under ``runs_dir``, write the report into ``out_dir``; return the files.
+
+    Unreadable files are skipped; each message goes to ``on_problem`` (default: log warning)
+    and into summary.md / summary.json. ``latex``: also summary.tex. ``on_notice`` gets one line
+    when a table has one seed per run (no intervals). Raises UsageError when there is no record at all.
+    """
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    tables, records, problems = read_tables(runs_dir, reference, on_problem)
     tuned = tuned_tables(records)
+    if any(t.one_seed for t in tables):
+        (on_notice or log.info)(f"note: {ONE_SEED_NOTE}")
     try:
         with staged_folder(out_dir) as stage:
             _write_files(stage, tables, records, problems, runs_dir, tuned)
+            if latex:
+                (stage / "summary.tex").write_text(render_latex(tables))
             names = sorted(p.name for p in stage.iterdir())
     except OSError as exc:
         raise ReportError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; nothing in it was "
@@ -128,6 +148,8 @@ def _write_files(folder: Path, tables: list[Table], records: list[dict], problem
     (folder / "summary.json").write_text(json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
                                                     indent=2, default=_json_default) + "\n")
     to_dataframe(records).to_csv(folder / "records.csv", index=False)
+    pd.DataFrame([row for t in tables for row in pairwise_rows(t)],
+                 columns=PAIRWISE_COLUMNS).to_csv(folder / "pairwise.csv", index=False)
     if tuned:
         pd.DataFrame(tuned_rows(tuned)).to_csv(folder / "tuned.csv", index=False)
     style = _style(sorted({r.method for t in tables for r in [*t.rows, *t.references]}))

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import stats
 from .setting import Layout, Setting, metric_name, split_settings, task_layout
 
 REFERENCE_SUITE = "vtab1k"
@@ -57,6 +59,7 @@ class Average:
     n: int  # tasks in it
     total: int  # tasks it should have
     per_seed: dict[int, float]
+    ci: tuple[float, float] | None = None  # 95% stratified-bootstrap interval (stats.average_interval)
 
     @property
     def partial(self) -> bool:
@@ -123,7 +126,22 @@ def make_row(method: str, source: str, cells: dict[str, Cell], layout: Layout) -
     if len(layout.groups) >= 2:
         mean_groups = _mean_of_averages(list(group_means.values()), layout.total)
     seeds = sorted({s for c in cells.values() for s in c.by_seed})
+    if source == "peftbench":
+        _add_intervals(cells, layout, group_means, mean_tasks, mean_groups)
     return Row(method, source, cells, group_means, mean_tasks, mean_groups, seeds=seeds)
+
+
+def _add_intervals(cells: dict[str, Cell], layout: Layout, group_means: dict[str, Average], mean_tasks: Average,
+                   mean_groups: Average | None) -> None:
+    """The 95% intervals of a row's averages, over the cells that are in each average."""
+    used = {t: cells[t].by_seed for t in layout.tasks if t in cells and cells[t].by_seed}
+    for group, tasks in layout.groups:
+        group_means[group].ci = stats.average_interval([used[t] for t in tasks if t in used])
+    mean_tasks.ci = stats.average_interval(list(used.values()))
+    if mean_groups is not None:
+        order = list(used)
+        groups = [[order.index(t) for t in tasks if t in used] for _, tasks in layout.groups]
+        mean_groups.ci = stats.average_interval(list(used.values()), [g for g in groups if g])
 
 
 COST_KEYS = ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s")
@@ -179,6 +197,12 @@ class Table:
     notes: list[str]  # footnotes about cells (missing, failed, fewer seeds, duplicates)
     reference_notes: list[str]
     differs_from_first: list[str]
+    ties: dict[str, set[str]] = field(default_factory=dict)  # column id → our methods tied with its best
+
+    @property
+    def one_seed(self) -> bool:
+        """No cell of ours has two or more seeds: no interval, no test within a task."""
+        return not any(len(c.by_seed) >= 2 for r in self.rows for c in r.cells.values())
 
     @property
     def random_init(self) -> bool:
@@ -314,6 +338,7 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
             row.costs = _costs([r for r in runs["record"] if r["status"] == "complete"])
             rows.append(row)
         notes = _cell_notes(rows, layout)
+        ties = column_ties(rows, layout)
         if setting.recipe != "shared":
             notes.insert(0, RECIPE_NOTE.format(recipe=setting.recipe))
         if superseded:
@@ -347,8 +372,28 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
             devices=sorted({d for row in rows for d in row.costs["devices"]}),
             mem_kinds=sorted(k for k in mem_kinds if k),
             notes=notes, reference_notes=ref_notes,
-            differs_from_first=setting.differences(tables[0].setting) if tables else []))
+            differs_from_first=setting.differences(tables[0].setting) if tables else [], ties=ties))
     return tables
+
+
+def column_ties(rows: list[Row], layout: Layout) -> dict[str, set[str]]:
+    """Per column (ids as in the markdown table), the methods tied with the column's best
+    (``stats.tied_in_task`` / ``stats.tied_in_average``); published rows are not compared."""
+    ties: dict[str, set[str]] = {}
+    for task in layout.tasks:
+        ties[f"task:{task}"] = stats.tied_in_task({r.method: r.cells[task].by_seed for r in rows if task in r.cells})
+
+    def task_means(row: Row, tasks: list[str]) -> dict[str, float]:
+        return {t: row.cells[t].mean for t in tasks if t in row.cells and row.cells[t].by_seed}
+
+    averages: list[tuple[str, list[str], Callable[[Row], Average | None]]] = [
+        (f"group:{g}", list(tasks), lambda r, g=g: r.group_means.get(g)) for g, tasks in layout.groups]
+    averages += [("mean_tasks", list(layout.tasks), lambda r: r.mean_tasks),
+                 ("mean_groups", list(layout.tasks), lambda r: r.mean_groups)]
+    for column, tasks, average in averages:
+        values = {r.method: a.mean for r in rows if (a := average(r)) is not None and a.mean is not None}
+        ties[column] = stats.tied_in_average(values, {r.method: task_means(r, tasks) for r in rows})
+    return ties
 
 
 def _cell_notes(rows: list[Row], layout: Layout) -> list[str]:

@@ -14,7 +14,8 @@ from .aggregate import Average, Row, Table, status_counts
 def _avg_dict(avg: Average | None) -> dict | None:
     if avg is None:
         return None
-    return {"mean": avg.mean, "std": avg.std, "n_tasks": avg.n, "of_tasks": avg.total}
+    return {"mean": avg.mean, "std": avg.std, "ci95": list(avg.ci) if avg.ci else None, "n_tasks": avg.n,
+            "of_tasks": avg.total}
 
 
 def table_rows_flat(table: Table) -> list[dict]:
@@ -24,18 +25,21 @@ def table_rows_flat(table: Table) -> list[dict]:
     for row in [*table.rows, *table.references]:
         flat: dict[str, Any] = {"table": table.number, "source": row.source, "method": row.method,
                                 "label": row.label, "seeds": row.seed_text, **setting}
+        mine = row.source == "peftbench"
         for task in table.layout.tasks:
             cell = row.cells.get(task)
             flat[task] = cell.mean if cell else None
             flat[f"{task}_std"] = cell.std if cell else None
             flat[f"{task}_n_seeds"] = len(cell.by_seed) if cell else 0
-        for group, avg in row.group_means.items():
-            flat[f"mean_{group}"], flat[f"mean_{group}_std"] = avg.mean, avg.std
-            flat[f"mean_{group}_n_tasks"], flat[f"mean_{group}_of_tasks"] = avg.n, avg.total
-        for name, avg in (("mean_tasks", row.mean_tasks), ("mean_group_means", row.mean_groups)):
+            flat[f"{task}_tied_best"] = row.method in table.ties.get(f"task:{task}", ()) if mine else None
+        averages = [(f"mean_{g}", f"group:{g}", avg) for g, avg in row.group_means.items()]
+        averages += [("mean_tasks", "mean_tasks", row.mean_tasks), ("mean_group_means", "mean_groups", row.mean_groups)]
+        for name, column, avg in averages:
             if avg is not None:
                 flat[name], flat[f"{name}_std"] = avg.mean, avg.std
+                flat[f"{name}_ci95_low"], flat[f"{name}_ci95_high"] = avg.ci or (None, None)
                 flat[f"{name}_n_tasks"], flat[f"{name}_of_tasks"] = avg.n, avg.total
+                flat[f"{name}_tied_best"] = row.method in table.ties.get(column, ()) if mine else None
         for key in ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s",
                     "peak_mem_gib"):
             flat[key] = row.costs.get(key)
@@ -78,5 +82,6 @@ def summary_json(tables: list[Table], records: list[dict], problems: list[str], 
                     "random_init": t.random_init, "metric": t.metric, "differs_from_table_1": t.differs_from_first,
                     "groups": {g: ts for g, ts in t.layout.groups}, "suite_tasks": t.layout.total,
                     "rows": [row_json(r) for r in t.rows], "references": [row_json(r) for r in t.references],
+                    "tied_with_best": {col: sorted(methods) for col, methods in t.ties.items()},
                     "notes": t.notes + t.reference_notes} for t in tables],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import stats
 from .aggregate import STATUS_TEXT, Average, Cell, Row, Table, one_line, status_counts
 from .plots import plot_names
 from .setting import Layout
@@ -17,9 +18,11 @@ def _fmt_acc(value: float | None, std: float | None) -> str:
 
 
 def _fmt_avg(avg: Average | None) -> str:
+    """An average with its 95% interval where there is one: ``61.2 [60.4, 61.9]``."""
     if avg is None or avg.mean is None:
         return "–"
-    return _fmt_acc(avg.mean, avg.std) + (f" ({avg.n}/{avg.total})" if avg.partial else "")
+    ci = f" [{avg.ci[0]:.1f}, {avg.ci[1]:.1f}]" if avg.ci is not None else ""
+    return f"{avg.mean:.1f}{ci}" + (f" ({avg.n}/{avg.total})" if avg.partial else "")
 
 
 def _fmt_cell(cell: Cell | None) -> str:
@@ -66,21 +69,18 @@ def table_columns(layout: Layout, stored: bool = False) -> list[tuple[str, str]]
     return cols
 
 
-def _row_cells(row: Row, cols: list[tuple[str, str]], mixed_mem: bool) -> list[str]:
+def _row_cells(row: Row, cols: list[tuple[str, str]], mixed_mem: bool,
+               ties: dict[str, set[str]] | None = None) -> list[str]:
     out = []
     for col, _ in cols:
         kind, _, name = col.partition(":")
         if col == "method":
             out.append(row.label)
-        elif kind == "task":
-            cell = row.cells.get(name)
-            out.append(_fmt_cell(cell))
-        elif kind == "group":
-            out.append(_fmt_avg(row.group_means.get(name)))
-        elif col == "mean_tasks":
-            out.append(_fmt_avg(row.mean_tasks))
-        elif col == "mean_groups":
-            out.append(_fmt_avg(row.mean_groups))
+        elif kind in ("task", "group") or col in ("mean_tasks", "mean_groups"):
+            text = _fmt_cell(row.cells.get(name)) if kind == "task" else _fmt_avg(
+                row.group_means.get(name) if kind == "group" else getattr(row, col))
+            bold = row.source == "peftbench" and row.method in (ties or {}).get(col, ())
+            out.append(f"**{text}**" if bold else text)
         elif col == "seeds":
             out.append(row.seed_text)
         elif col == "peak_mem_gib":
@@ -115,7 +115,7 @@ def markdown_table(table: Table) -> list[str]:
     lines = ["| " + " | ".join(_esc(h) for _, h in cols) + " |",
              "|" + "|".join(":---" if c == "method" else "---:" for c, _ in cols) + "|"]
     for row in [*table.rows, *table.references]:
-        lines.append("| " + " | ".join(_esc(v) for v in _row_cells(row, cols, mixed_mem)) + " |")
+        lines.append("| " + " | ".join(_esc(v) for v in _row_cells(row, cols, mixed_mem, table.ties)) + " |")
     return lines
 
 
@@ -125,6 +125,7 @@ _PLOT_CAPTIONS = {
     "accuracy_vs_throughput": "Mean top-1 vs inference throughput",
     "group_means": "Group means",
     "training_curves": "Training curves",
+    "critical_difference": "Critical-difference diagram: average ranks, Friedman and Wilcoxon–Holm tests",
 }
 
 
@@ -159,7 +160,9 @@ def render_markdown(tables: list[Table], records: list[dict], problems: list[str
 
 def _column_notes(table: Table) -> list[str]:
     notes = ["Cells: mean ± sample std over seeds (± only with 2 or more seeds); averages are means of the cells, "
-             + "their ± the std of per-seed averages; (n/N) marks an average over n of the suite's N tasks."]
+             + "with a 95% interval [low, high] from a stratified bootstrap (each task's seeds resampled, the tasks "
+             + "fixed) where every task in them has 2 or more seeds; (n/N) marks an average over n of the suite's "
+             + "N tasks.", stats.BOLD_NOTE, *([stats.ONE_SEED_NOTE] if table.one_seed else [])]
     notes.append("Params: trainable parameters in millions, mean over tasks, with and without the classifier "
                  "head; GFLOPs: inference per image; img/s: training and inference throughput; all from "
                  "complete runs.")

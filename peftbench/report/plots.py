@@ -12,6 +12,7 @@ from statistics import fmean
 from typing import Any
 
 from .aggregate import STATUS_TEXT, Row, Table
+from .critical_difference import plot_critical_difference
 
 DPI = 150
 SCATTER_SIZE = (9.0, 5.6)  # inches; a PNG is exactly size × DPI pixels (no tight bbox)
@@ -21,7 +22,7 @@ BAR_SIZE = (10.0, 5.6)
 def plot_names(number: int) -> dict[str, str]:
     suffix = "" if number == 1 else f"_table{number}"
     return {kind: f"{kind}{suffix}" for kind in ("accuracy_vs_params", "heatmap", "accuracy_vs_throughput",
-                                                  "group_means", "training_curves")}
+                                                  "group_means", "training_curves", "critical_difference")}
 
 
 
@@ -297,4 +298,5 @@ def table_figures(table: Table, style: dict, records: list[dict] | None = None) 
             names["heatmap"]: plot_heatmap(table),
             names["accuracy_vs_throughput"]: plot_accuracy_vs_throughput(table, style),
             names["group_means"]: plot_group_means(table, style),
-            names["training_curves"]: plot_training_curves(table, style, records or [])}
+            names["training_curves"]: plot_training_curves(table, style, records or []),
+            names["critical_difference"]: plot_critical_difference(table, _figure)}
