@@ -74,7 +74,8 @@ def main() -> None:
     times: dict[str, list[float]] = {m: [] for m in knobs}
     for round_ in range(args.rounds):
         for method in list(knobs) if round_ % 2 == 0 else list(knobs)[::-1]:
-            ips = throughput(steps[method], args.batch, img, args.num_classes, device, args.steps, args.warmup)
+            ips = statistics.median(throughput(steps[method], args.batch, img, args.num_classes, device, args.steps,
+                                               args.warmup))
             times[method].append(args.batch / ips)
             print(json.dumps({"round": round_, "method": method, "step_s": round(args.batch / ips, 5),
                               "knobs": knobs[method]}), flush=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import timm
@@ -90,10 +91,11 @@ def main() -> None:
                 run(model, x)
 
         t0 = time.perf_counter()
-        inf = throughput(infer, args.infer_batch, size, args.num_classes, device, args.steps, args.warmup)
+        inf = statistics.median(throughput(infer, args.infer_batch, size, args.num_classes, device, args.steps,
+                                           args.warmup))
         model.train()
-        tr = None if args.no_train else throughput(train_step, args.batch, size, args.num_classes, device,
-                                                   args.steps, args.warmup)
+        tr = None if args.no_train else statistics.median(throughput(train_step, args.batch, size, args.num_classes,
+                                                                     device, args.steps, args.warmup))
         row = {**common, "method": label, "train_img_per_s": tr and round(tr, 1), "infer_img_per_s": round(inf, 1),
                "seconds": round(time.perf_counter() - t0, 1)}
         if base:

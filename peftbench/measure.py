@@ -7,9 +7,11 @@ import ctypes
 import ctypes.util
 import gc
 import re
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,26 +82,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+TIMING_WINDOWS = 5  # a run's throughput is the median of this many short timing windows
+
+
 def throughput(step: Callable[[torch.Tensor, torch.Tensor], None], batch: int, img_size: tuple[int, int],
-               num_classes: int, device: torch.device, steps: int, warmup: int) -> float:
-    """Images/s of ``step`` on a fixed random batch on the device, after warm-up (as timm's benchmark)."""
+               num_classes: int, device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Images/s of ``step`` on a fixed random batch on the device, after warm-up (as timm's benchmark), in
+    ``TIMING_WINDOWS`` windows of ``steps // TIMING_WINDOWS`` steps (at least one) each: one rate per window,
+    so that a burst of other work on the machine shows as one outlying window, not as the run's figure."""
     x = torch.randn(batch, 3, *img_size, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
     for _ in range(warmup):
         step(x, y)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    _sync(device)
-    return batch * steps / (time.perf_counter() - start)
+    per_window = max(1, steps // TIMING_WINDOWS)
+    rates = []
+    for _ in range(TIMING_WINDOWS):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(per_window):
+            step(x, y)
+        _sync(device)
+        rates.append(batch * per_window / (time.perf_counter() - start))
+    return rates
 
 
 def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], Callable], img_size: tuple[int, int],
                        num_classes: int, device: torch.device, batch: int, steps: int, warmup: int,
-                       autocast: Callable, inference: nn.Module | None = None) -> dict[str, float | None]:
-    """Training and inference images/s on copies of the trained model (the result is untouched);
-    inference on ``inference`` (e.g. the merged model) when given."""
+                       autocast: Callable, inference: nn.Module | None = None) -> dict[str, Any]:
+    """Training and inference images/s (the median of the timing windows, all of them under
+    ``throughput_windows``) on copies of the trained model (the result is untouched); inference on
+    ``inference`` (e.g. the merged model) when given."""
     if steps <= 0:
         return {"train_img_per_s": None, "infer_img_per_s": None}
     bench = copy.deepcopy(model if inference is None else inference)
@@ -114,7 +126,8 @@ def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], 
         bench = copy.deepcopy(model)
     bench.train()
     train_ips = throughput(make_train_step(bench), batch, img_size, num_classes, device, steps, warmup)
-    return {"train_img_per_s": train_ips, "infer_img_per_s": infer_ips}
+    return {"train_img_per_s": statistics.median(train_ips), "infer_img_per_s": statistics.median(infer_ips),
+            "throughput_windows": {"train": train_ips, "infer": infer_ips}}
 
 
 _STATUS = Path("/proc/self/status")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,8 @@ def test_run_writes_four_records_and_resumes(vtab_root, tmp_path, capsys):
     for key in ("test_top1", "trainable_params", "stored_per_task_params", "head_params", "total_params", "gflops",
                 "train_img_per_s", "infer_img_per_s", "peak_mem_bytes", "wall_s"):
         assert key in r["metrics"], key
+    windows = r["metrics"]["throughput_windows"]  # the median of the timing windows is the run's figure
+    assert statistics.median(windows["infer"]) == r["metrics"]["infer_img_per_s"] and len(windows["train"]) == 5
     assert r["backbone"]["weights"] == "none" and r["config"]["train"]["epochs"] == 2
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
     capsys.readouterr()

@@ -107,3 +107,41 @@ def test_latex_has_the_papers_layout_and_compiles(three_seeds, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_speed_spread_and_ties_from_the_runs():
+    from peftbench.report.aggregate import speed_ties, summary_tables
+
+    records = []
+    speeds = {"linear": [3000, 3400, 2600], "lora": [3100, 2500, 3500], "vpt_deep": [1500, 1510, 1490]}
+    for method, rates in speeds.items():
+        for seed, rate in enumerate(rates):
+            rec = _record(method, "cifar100", seed, 50.0 + seed)
+            rec["metrics"] |= {"infer_img_per_s": float(rate), "train_img_per_s": 100.0}
+            records.append(rec)
+    (table,) = summary_tables(records)
+    costs = {r.method: r.costs for r in table.rows}
+    assert costs["linear"]["infer_img_per_s"] == pytest.approx(3000.0)
+    assert costs["linear"]["infer_img_per_s_std"] == pytest.approx(400.0)  # sample std of 3000, 3400, 2600
+    assert costs["vpt_deep"]["infer_img_per_s_std"] == pytest.approx(10.0)
+    assert costs["linear"]["train_img_per_s_std"] == 0.0
+    # linear (3000 ± 400) and lora (3033 ± 503) overlap; vpt_deep (1500 ± 10) is apart
+    assert speed_ties(table.rows) == [["linear", "lora"]]
+    from peftbench.report.markdown import markdown_table, render_markdown
+
+    row = next(ln for ln in markdown_table(table) if ln.startswith("| linear |"))
+    assert "3,000 ± 400" in row
+    md = render_markdown([table], records, [], Path("runs"))
+    assert "Inference img/s within one another's spread (differences that are measurement noise, not a " \
+           "ranking): linear, lora." in md
+
+
+def test_throughput_is_timed_in_windows():
+    import torch
+
+    from peftbench.measure import TIMING_WINDOWS, throughput
+
+    calls = []
+    rates = throughput(lambda x, y: calls.append(x.shape[0]), 4, (8, 8), 3, torch.device("cpu"), steps=10, warmup=2)
+    assert len(rates) == TIMING_WINDOWS and all(r > 0 for r in rates)
+    assert len(calls) == 2 + TIMING_WINDOWS * (10 // TIMING_WINDOWS)  # warm-up, then the windows

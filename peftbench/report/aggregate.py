@@ -145,6 +145,7 @@ def _add_intervals(cells: dict[str, Cell], layout: Layout, group_means: dict[str
 
 
 COST_KEYS = ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s")
+RATE_KEYS = ("train_img_per_s", "infer_img_per_s")
 
 
 def _cost_frame(records: list[dict]) -> pd.DataFrame:
@@ -174,10 +175,32 @@ def _costs(records: list[dict]) -> dict[str, Any]:
     frame = _cost_frame(records)
     over_tasks = frame.groupby("task")[list(COST_KEYS)].mean().mean()  # NaN-skipping at both levels
     out: dict[str, Any] = {key: _number(over_tasks.get(key)) for key in COST_KEYS}
+    for key in RATE_KEYS:  # the spread of a speed over the method's runs: what differences it can resolve
+        out[f"{key}_std"] = _number(frame[key].std()) if frame[key].count() >= 2 else None
     out["peak_mem_gib"] = _number(frame["peak_mem_gib"].max())
     out["peak_mem_kind"] = sorted(frame["peak_mem_kind"].dropna().unique())
     out["devices"] = sorted(frame["device"].dropna().unique())
     return out
+
+
+def speed_ties(rows: list[Row], key: str = "infer_img_per_s") -> list[list[str]]:
+    """Groups of two or more methods whose speeds lie within one another's spread (mean ± std over runs
+    overlap, chained): their speed differences are measurement noise, not a ranking."""
+    spans = []
+    for row in rows:
+        if row.costs.get(key) is not None:
+            spread = row.costs.get(f"{key}_std") or 0.0
+            spans.append((row.costs[key] - spread, row.costs[key] + spread, row.method))
+    groups: list[list[str]] = []
+    reach = float("-inf")  # the right end of the current group's merged intervals
+    for low, high, method in sorted(spans):
+        if groups and low <= reach:
+            groups[-1].append(method)
+            reach = max(reach, high)
+        else:
+            groups.append([method])
+            reach = high
+    return [sorted(g) for g in groups if len(g) >= 2]
 
 
 def _number(value: Any) -> float | None:

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import stats
-from .aggregate import STATUS_TEXT, Average, Cell, Row, Table, one_line, status_counts
+from .aggregate import STATUS_TEXT, Average, Cell, Row, Table, one_line, speed_ties, status_counts
 from .plots import plot_names
 from .setting import Layout
 
@@ -91,7 +91,9 @@ def _row_cells(row: Row, cols: list[tuple[str, str]], mixed_mem: bool,
         else:
             kind = "params" if col in ("params_m", "params_excl_head_m", "stored_m") else (
                 "gflops" if col == "gflops" else "rate")
-            out.append(_fmt_num(row.costs.get(col), kind))
+            text = _fmt_num(row.costs.get(col), kind)
+            spread = row.costs.get(f"{col}_std") if kind == "rate" else None
+            out.append(f"{text} ± {spread:,.0f}" if text and spread else text)
     return out
 
 
@@ -164,8 +166,12 @@ def _column_notes(table: Table) -> list[str]:
              + "fixed) where every task in them has 2 or more seeds; (n/N) marks an average over n of the suite's "
              + "N tasks.", stats.BOLD_NOTE, *([stats.ONE_SEED_NOTE] if table.one_seed else [])]
     notes.append("Params: trainable parameters in millions, mean over tasks, with and without the classifier "
-                 "head; GFLOPs: inference per image; img/s: training and inference throughput; all from "
-                 "complete runs.")
+                 "head; GFLOPs: inference per image; img/s: training and inference throughput (each run's figure is "
+                 "the median of its timing windows; ± the std over the method's runs); all from complete runs.")
+    ties = speed_ties(table.rows)
+    if ties:
+        notes.append("Inference img/s within one another's spread (differences that are measurement noise, not a "
+                     "ranking): " + "; ".join(", ".join(g) for g in ties) + ".")
     if has_stored(table):
         notes.append("Stored per task: what a user keeps for each task besides the shared pre-trained backbone "
                      "— the trainable parameters plus the frozen tensors the method adds (e.g. SHIP's prototype "

@@ -106,8 +106,10 @@ def _scatter(table: Table, style: dict, xkey: str, xlabel: str, title: str, refs
             ax.scatter(*pts[i], s=260, facecolors="none", edgecolors="black", linewidths=1.6, zorder=2)
     for row, (x, y) in zip(rows, pts):
         color, marker = style[row.method]
-        if row.mean_tasks.std is not None:
-            ax.errorbar(x, y, yerr=row.mean_tasks.std, fmt="none", ecolor=color, capsize=3, zorder=3)
+        xerr = row.costs.get(f"{xkey}_std")  # throughput: the spread over the method's runs
+        if row.mean_tasks.std is not None or xerr:
+            ax.errorbar(x, y, yerr=row.mean_tasks.std, xerr=xerr or None, fmt="none", ecolor=color, capsize=3,
+                        zorder=3)
         fill = {"facecolors": "none", "edgecolors": [color], "linewidths": 1.6} if row.mean_tasks.partial else \
             {"color": color, "edgecolors": "white", "linewidths": 0.8}  # hollow: a mean over fewer tasks
         ax.scatter(x, y, s=90, marker=marker, zorder=4, label=_legend_label(row), **fill)
