@@ -1,8 +1,8 @@
 """Tables (markdown, CSV, JSON) and plots from result records — nothing else (no GPU, no data).
 
 ``write_report(runs_dir, out_dir)`` reads the records under ``runs_dir`` and writes into
-``out_dir``: ``summary.md``, ``summary.csv``, ``summary.json``, ``records.csv`` and, per table,
-four plots as PNG and SVG. The files are written into a temporary folder next to ``out_dir`` and
+``out_dir``: ``summary.md``, ``summary.csv``, ``summary.json``, ``records.csv``, ``pairwise.csv``
+and, per table, six plots as PNG and SVG. The files are written into a temporary folder next to ``out_dir`` and
 moved in together: a failure (a full disk) changes nothing and is one ReportError.
 
 The package: ``setting`` (which runs are comparable, which task columns), ``aggregate``
@@ -28,10 +28,15 @@ How the numbers are made (the rules a reader of the report needs):
   that lost some seeds is marked ``†``. Footnotes name both kinds.
 - Averages are means of cell means. "Mean (N tasks)" is the plain mean over tasks and "Mean of
   group means" the mean of the natural / specialized / structured means — papers use both. An
-  average over fewer than all tasks of the suite says so, e.g. ``61.2 (17/19)``. Its ± is the
-  std over seeds of per-seed averages, shown when two or more seeds completed every task in it.
-- Costs (parameters, GFLOPs, images/s) are means over tasks of the complete runs; peak memory
-  is the largest over those runs.
+  average over fewer than all tasks of the suite says so, e.g. ``61.2 (17/19)``. Its 95% interval
+  (``[60.4, 61.9]``) comes from a stratified bootstrap over seeds, shown when every task in it has
+  two or more seeds (``stats.py``).
+- Bold marks every method tied with the best of its column (``stats.py``: one-sided paired t-test
+  over seeds in a task column, Wilcoxon over per-task means in an average column, Holm-corrected).
+  ``pairwise.csv`` compares every pair; ``critical_difference.*`` draws average ranks with
+  Friedman's and Wilcoxon–Holm tests; ``--latex`` adds ``summary.tex``.
+- Costs (parameters, GFLOPs, images/s) are means over tasks of the complete runs; images/s carry
+  the std over the method's runs; peak memory is the largest over those runs.
 - Published numbers appear only as labelled reference rows under ours, for VTAB-1k tables that
   report test accuracy on the published backbone: one row per source for each method of the table,
   both means recomputed from the per-task numbers like ours, the protocol in a footnote; they never
