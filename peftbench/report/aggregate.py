@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import stats
 from .setting import Layout, Setting, metric_name, split_settings, task_layout
+from .stats import average_interval, tied_in_average, tied_in_task
 
 REFERENCE_SUITE = "vtab1k"
 RECIPE_NOTE = ("Recipe '{recipe}': a reproduction of the authors' published per-task settings. The authors chose "
@@ -136,12 +136,12 @@ def _add_intervals(cells: dict[str, Cell], layout: Layout, group_means: dict[str
     """The 95% intervals of a row's averages, over the cells that are in each average."""
     used = {t: cells[t].by_seed for t in layout.tasks if t in cells and cells[t].by_seed}
     for group, tasks in layout.groups:
-        group_means[group].ci = stats.average_interval([used[t] for t in tasks if t in used])
-    mean_tasks.ci = stats.average_interval(list(used.values()))
+        group_means[group].ci = average_interval([used[t] for t in tasks if t in used])
+    mean_tasks.ci = average_interval(list(used.values()))
     if mean_groups is not None:
         order = list(used)
         groups = [[order.index(t) for t in tasks if t in used] for _, tasks in layout.groups]
-        mean_groups.ci = stats.average_interval(list(used.values()), [g for g in groups if g])
+        mean_groups.ci = average_interval(list(used.values()), [g for g in groups if g])
 
 
 COST_KEYS = ("params_m", "params_excl_head_m", "stored_m", "gflops", "train_img_per_s", "infer_img_per_s")
@@ -404,7 +404,7 @@ def column_ties(rows: list[Row], layout: Layout) -> dict[str, set[str]]:
     (``stats.tied_in_task`` / ``stats.tied_in_average``); published rows are not compared."""
     ties: dict[str, set[str]] = {}
     for task in layout.tasks:
-        ties[f"task:{task}"] = stats.tied_in_task({r.method: r.cells[task].by_seed for r in rows if task in r.cells})
+        ties[f"task:{task}"] = tied_in_task({r.method: r.cells[task].by_seed for r in rows if task in r.cells})
 
     def task_means(row: Row, tasks: list[str]) -> dict[str, float]:
         return {t: row.cells[t].mean for t in tasks if t in row.cells and row.cells[t].by_seed}
@@ -415,7 +415,7 @@ def column_ties(rows: list[Row], layout: Layout) -> dict[str, set[str]]:
                  ("mean_groups", list(layout.tasks), lambda r: r.mean_groups)]
     for column, tasks, average in averages:
         values = {r.method: a.mean for r in rows if (a := average(r)) is not None and a.mean is not None}
-        ties[column] = stats.tied_in_average(values, {r.method: task_means(r, tasks) for r in rows})
+        ties[column] = tied_in_average(values, {r.method: task_means(r, tasks) for r in rows})
     return ties
 
 

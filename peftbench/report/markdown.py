@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import stats
 from .aggregate import STATUS_TEXT, Average, Cell, Row, Table, one_line, speed_ties, status_counts
 from .plots import plot_names
 from .setting import Layout
+from .stats import BOLD_NOTE, ONE_SEED_NOTE
 
 
 def _fmt_acc(value: float | None, std: float | None) -> str:
@@ -164,7 +164,7 @@ def _column_notes(table: Table) -> list[str]:
     notes = ["Cells: mean ± sample std over seeds (± only with 2 or more seeds); averages are means of the cells, "
              + "with a 95% interval [low, high] from a stratified bootstrap (each task's seeds resampled, the tasks "
              + "fixed) where every task in them has 2 or more seeds; (n/N) marks an average over n of the suite's "
-             + "N tasks.", stats.BOLD_NOTE, *([stats.ONE_SEED_NOTE] if table.one_seed else [])]
+             + "N tasks.", BOLD_NOTE, *([ONE_SEED_NOTE] if table.one_seed else [])]
     notes.append("Params: trainable parameters in millions, mean over tasks, with and without the classifier "
                  "head; GFLOPs: inference per image; img/s: training and inference throughput (each run's figure is "
                  "the median of its timing windows; ± the std over the method's runs); all from complete runs.")
