@@ -82,7 +82,19 @@ def _create(name: str, **kwargs) -> nn.Module:
     except TypeError as exc:
         raise UsageError(f"--backbone {name}: not a ViT that takes these options ({exc})") from exc
     check_vit(model, name)
+    check_img_size(model, name, kwargs.get("img_size"))
     return model
+
+
+def check_img_size(model: nn.Module, name: str, img_size: int | None) -> None:
+    """--img-size must hold at least one patch (a 0-token image fails deep inside torch otherwise)."""
+    patch = getattr(model.patch_embed, "patch_size", None)
+    if img_size is None or not patch:
+        return
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if img_size < max(ph, pw):
+        raise UsageError(f"--img-size {img_size}: smaller than one {ph}x{pw} patch of --backbone {name}; "
+                         f"give at least {max(ph, pw)} (default: the model's own size)")
 
 
 def check_vit(model: nn.Module, name: str = "backbone") -> None:
@@ -210,6 +222,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
                 "local file with --weights PATH (e.g. ViT-B_16.npz) or --weights none for random initialisation"
                 ) from exc
         check_vit(model, name)
+        check_img_size(model, name, img_size)
         source = "pretrained"
         cached = presets.pretrained_file(resolved.timm_name)
         file_sha256 = _file_sha256(Path(cached)) if cached else None

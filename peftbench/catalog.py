@@ -11,7 +11,7 @@ from .backbone import load_backbone
 from .backbones_meta import DEFAULT_BACKBONE
 from .config import Suite, TrainConfig, parse_sets, resolve
 from .data.images import default_cache_dir
-from .data.tasks import DEFAULT_SUITE, resolve_tasks
+from .data.tasks import DEFAULT_SUITE, check_suite, infer_suite, resolve_tasks
 from .jobs import load_suite, resolve_weights, suite_source
 from .measure import count_params, inference_gflops, inference_model, stored_per_task, tensor_ids
 from .method_api import BuildContext
@@ -19,15 +19,17 @@ from .registry import get_method
 
 
 def inspect_method(method: str, backbone: str | None = None, weights: str = "none", num_classes: int | None = None,
-                   img_size: int | None = None, sets: list[str] | None = None, suite: str = DEFAULT_SUITE,
+                   img_size: int | None = None, sets: list[str] | None = None, suite: str | None = None,
                    task: str | None = None, trust_checkpoint: bool = False, recipe: str = "shared"
                    ) -> dict[str, Any]:
     """Parameters and inference GFLOPs of a method on a backbone, without data or training.
 
-    The suite gives the default backbone and the recipe; a task its classes and per-task settings
-    (and to a method that prepares from data, e.g. SHIP, the task's name for published choices).
+    The suite (None: the one that holds ``task``, else the default) gives the default backbone and the
+    recipe; a task its classes and per-task settings (and to a method that prepares from data, e.g.
+    SHIP, the task's name for published choices).
     """
     spec = get_method(method)
+    suite = check_suite(suite) if suite is not None else infer_suite(task, DEFAULT_SUITE)
     suite_recipe = load_suite(suite, None)
     task_spec = resolve_tasks(task, suite)[0] if task else None
     name = task_spec.name if task_spec else None

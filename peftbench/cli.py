@@ -15,7 +15,7 @@ from rich.table import Table
 from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .data.tasks import DEFAULT_SUITE
 from .errors import PeftbenchError, UsageError
-from .launch import add_launcher_args, check_launcher_args
+from .launch import add_launcher_args, check_launcher_args, resolve_launcher
 from .progress import RichReporter
 from .records import REPORT_DIRNAME
 from .registry import load_plugin
@@ -30,6 +30,23 @@ def _seeds(text: str) -> list[int]:
         return [int(s) for s in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Values argparse accepts but no command can use: one UsageError naming the option, before any work."""
+    if getattr(args, "methods", None) == []:
+        raise UsageError("--methods '': no method given (a comma list of methods or families, or 'all')")
+    seeds = getattr(args, "seeds", None)
+    if seeds == []:
+        raise UsageError("--seeds '': no seed given (a comma list of integers, e.g. 0,1,2)")
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seeds {','.join(map(str, seeds))}: seed {', '.join(map(str, repeated))} given more "
+                         "than once (each seed is one run)")
+    if getattr(args, "img_size", None) is not None and args.img_size < 1:
+        raise UsageError(f"--img-size {args.img_size}: must be a positive number of pixels")
+    if getattr(args, "num_classes", None) is not None and args.num_classes < 1:
+        raise UsageError(f"--num-classes {args.num_classes}: must be at least 1")
 
 
 def _positive_int(text: str) -> int:
@@ -78,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="parameters and inference GFLOPs of a method, without data")
     i.add_argument("--method", required=True, help="a registered method (see `peftbench methods`)")
-    _suite_arg(i, "whose backbone and recipe are the defaults")
+    i.add_argument("--suite", default=None, help="the suite whose backbone and recipe are the defaults (default: "
+                                                 f"the suite of --task, else {DEFAULT_SUITE})")
     i.add_argument("--task", default=None, metavar="NAME",
                    help="inspect with this task's classes and recipe (SHIP: its published prompt layers)")
     i.add_argument("--recipe", default="shared",
@@ -139,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _sweep_args(r: argparse.ArgumentParser) -> None:
     """The options `run` and `tune` share."""
     r.add_argument("--methods", type=_csv, default=None,
-                   help="comma list of methods or families, e.g. vpt,ship (default: all registered methods)")
-    r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases")
+                   help="comma list of methods or families, e.g. vpt,ship, or 'all' (every registered method); "
+                        "default: the suite's default_methods (mini: 7 methods, see `peftbench methods`), else all")
+    r.add_argument("--tasks", default="all", help="'all' or a comma list of task names / aliases (without --suite: "
+                                                  "their suite)")
     r.add_argument("--suite", default=None,
                    help="task suite: mini (built in, generated on first use; the default without --data-root) or "
                         "vtab1k (the default with --data-root)")
@@ -196,10 +216,9 @@ def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pr
 
 
 def _sweep_request(args: argparse.Namespace):
-    from .registry import available_methods
     from .runner import SweepRequest
 
-    return SweepRequest(methods=args.methods or available_methods(), tasks=args.tasks,
+    return SweepRequest(methods=args.methods, tasks=args.tasks,
                         seeds=getattr(args, "seeds", [0]), suite=args.suite, recipe=getattr(args, "recipe", "shared"),
                         suite_file=args.suite_file, data_root=args.data_root, out=args.out,
                         backbone=args.backbone, weights=args.weights, img_size=args.img_size, sets=args.sets,
@@ -406,9 +425,10 @@ def _suite_line(suite: str, source: str) -> str:
 
 def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
     from .catalog import load_suite, method_table, suite_source, train_keys
+    from .data.tasks import check_suite
     from .registry import families
 
-    suite = load_suite(args.suite, None)
+    suite = load_suite(check_suite(args.suite), None)
     console.print(_suite_line(suite.name, suite_source(suite)), markup=False)
     for family, members in sorted(families().items()):
         console.print(f"[bold]family {family}[/bold] = {', '.join(members)}  (--methods {family} runs them all)")
@@ -505,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for plugin in [*args.plugin, *args.plugin_after]:
             load_plugin(plugin)
+        check_values(args)
         if hasattr(args, "launcher"):
+            chose = resolve_launcher(args)
             check_launcher_args(args)
+            if chose:
+                console.print(f"launcher auto: {chose}", markup=False)
             if args.launcher != "none":
                 return _cmd_launch(args, argv, console)
         if args.command == "run":

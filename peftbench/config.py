@@ -199,6 +199,7 @@ class Suite:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     tune: TuneSpace = field(default_factory=TuneSpace)
     source: str = "built-in defaults"
+    default_methods: list[str] | None = None  # what run / tune do without --methods; None: every registered method
 
     def recipe(self, name: str) -> Recipe | None:
         """The named recipe (None for shared); an unknown name is a clear error."""
@@ -262,7 +263,8 @@ def load_suite_file(path: Path) -> Suite:
         raise UsageError(f"suite file {path}: a top-level 'tasks' section (per-task settings) belongs under a "
                          "named recipe: recipes: NAME: tasks: ... (run it with --recipe NAME); the default "
                          "recipe is shared by every task")
-    unknown = set(raw) - {"suite", "defaults", "methods", "recipes", "tune", "description", "backbone", "weights"}
+    unknown = set(raw) - {"suite", "defaults", "methods", "recipes", "tune", "description", "backbone", "weights",
+                          "default_methods"}
     if unknown:
         raise UsageError(f"suite file {path}: unknown section(s) {', '.join(sorted(unknown))}")
     check_suite_shape(raw, Path(path))
@@ -274,7 +276,7 @@ def load_suite_file(path: Path) -> Suite:
                  defaults=dict(raw.get("defaults") or {}),
                  methods={k: dict(v or {}) for k, v in (raw.get("methods") or {}).items()},
                  recipes=_recipes(raw.get("recipes"), path), tune=_tune_space(raw.get("tune"), path),
-                 source=str(path))
+                 source=str(path), default_methods=raw.get("default_methods"))
 
 
 def resolve(spec: MethodSpec, task: str | None, suite: Suite, sets: list[tuple[str | None, str, Any]],

@@ -20,9 +20,9 @@ from .config import Suite, TrainConfig, load_suite_file
 from .data.images import SplitData
 from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .data.splits import PROTOCOL_SPLITS, TaskLists
-from .data.tasks import TaskSpec
+from .data.tasks import TaskSpec, infer_suite
 from .errors import UsageError
-from .registry import MethodSpec
+from .registry import ALL_METHODS, MethodSpec, expand_methods
 from .train import EpochEnd, effective_precision, warmup_epochs
 
 
@@ -44,7 +44,7 @@ class Point:
 
 @dataclass
 class SweepRequest:
-    methods: list[str]
+    methods: list[str] | None = None  # method or family names, "all"; None: the suite's default_methods
     tasks: str = "all"
     seeds: list[int] = field(default_factory=lambda: [0])
     suite: str | None = None  # None: vtab1k when --data-root is given, else mini
@@ -149,11 +149,25 @@ def load_suite(name: str, path: Path | None) -> Suite:
     return load_suite_file(path) if path else Suite(name=name)
 
 
+def sweep_methods(req: SweepRequest) -> list[str]:
+    """The request's methods, expanded; without any, the suite's ``default_methods`` (else every method)."""
+    if req.methods is not None:
+        return expand_methods(req.methods)
+    suite = load_suite(suite_of(req), req.suite_file)
+    if suite.default_methods is None:
+        return expand_methods([ALL_METHODS])
+    try:
+        return expand_methods(suite.default_methods)
+    except UsageError as exc:
+        raise UsageError(f"{suite.source}: default_methods: {exc}") from None
+
+
 def suite_of(req: SweepRequest) -> str:
-    """--suite, else vtab1k when a --data-root is given (the user's own VTAB-1k copy), else mini."""
+    """--suite; else the one suite that holds the named --tasks; else vtab1k when a --data-root is given
+    (the user's own VTAB-1k copy), else mini."""
     if req.suite is not None:
         return req.suite
-    return "vtab1k" if req.data_root is not None else "mini"
+    return infer_suite(req.tasks, "vtab1k" if req.data_root is not None else "mini")
 
 
 def run_id_of(spec: MethodSpec, task: str, suite: str, seed: int, resolved: dict, backbone: Backbone,

@@ -27,16 +27,23 @@ from .records import LAUNCHER_DIRNAMES
 SLURM_DIRNAME, LOCAL_DIRNAME = LAUNCHER_DIRNAMES
 
 
+LAUNCHER_ENV = "PEFTBENCH_LAUNCHER"  # the --launcher used when none is given (default auto)
+WORKER_MEMORY = 2 << 30  # bytes of available memory that auto asks per local worker (a mini-suite run peaks at ~1 GiB)
+
+
 def add_launcher_args(p: argparse.ArgumentParser) -> None:
     """The launcher options; the same definitions strip them from a worker's command line."""
     g = p.add_argument_group("workers", "spread the sweep over several worker processes sharing --out (each run "
                                         "executes once; a dead worker's run is taken over)")
-    g.add_argument("--launcher", choices=("none", "local", "slurm"), default="none",
-                   help="none: this process runs the sweep (default); local: --workers processes on this machine, "
-                        "then the report; slurm: one job array of --jobs workers, submitted through submitit")
+    g.add_argument("--launcher", choices=("auto", "none", "local", "slurm"), default=None,
+                   help="auto (default, or $%s): local with one worker per CPU core (one thread each) on a machine "
+                        "without a GPU, else none; none: this process runs the sweep; local: --workers processes "
+                        "on this machine, then the report; slurm: one job array of --jobs workers, submitted "
+                        "through submitit" % LAUNCHER_ENV)
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local: worker processes (default: one per visible GPU, each with its own "
-                        "CUDA_VISIBLE_DEVICES; 1 without a GPU; on a CPU the cores are split between workers)")
+                        "CUDA_VISIBLE_DEVICES; without a GPU one per CPU core, the cores split between workers); "
+                        "--workers alone means --launcher local")
     g.add_argument("--jobs", type=int, default=None, metavar="N", help="slurm: workers, i.e. array size (default 1)")
     g.add_argument("--wait", action="store_true",
                    help="slurm: wait for the array to finish, then write the report (default: print the job id "
@@ -67,7 +74,57 @@ def worker_argv(argv: list[str], reports: bool) -> list[str]:
     _, rest = only.parse_known_args(argv)
     if reports and "--no-report" not in rest:
         rest.append("--no-report")
-    return rest
+    return [*rest, "--launcher", "none"]  # a worker runs its share itself, whatever the default launcher
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_launcher(args: argparse.Namespace) -> str | None:
+    """Turn ``--launcher auto`` (the default) into ``local`` or ``none``; returns a line saying what auto chose.
+
+    auto is local, one worker per usable CPU core (at most one per 2 GiB of available memory), when
+    there is no GPU, no --device other than cpu, no --threads and no --worker-id (a worker is itself
+    one process), and more than one worker would start: each worker runs one thread, as a single
+    process does by default, so the records are the same and the sweep ends sooner."""
+    if args.launcher is None:
+        args.launcher = os.environ.get(LAUNCHER_ENV) or "auto"
+        if args.launcher not in ("auto", "none", "local", "slurm"):
+            raise UsageError(f"${LAUNCHER_ENV}={args.launcher}: expected auto, none, local or slurm")
+    if args.launcher != "auto":
+        return None
+    if args.workers is not None:
+        args.launcher = "local"
+        return None
+    args.launcher = "none"
+    if args.worker_id is not None or args.threads is not None or getattr(args, "device", "auto") not in ("auto",
+                                                                                                           "cpu"):
+        return None
+    workers = usable_cores()
+    memory = available_memory()
+    if memory is not None:
+        workers = min(workers, max(1, memory // WORKER_MEMORY))
+    if workers < 2 or visible_gpus():
+        return None
+    args.launcher, args.workers = "local", workers
+    return (f"{workers} local worker processes, one per CPU core, one thread each "
+            "(--launcher none: one process; --workers N: N workers)")
 
 
 def check_launcher_args(args: argparse.Namespace) -> None:
@@ -167,7 +224,19 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
     for i, code in enumerate(codes):
         if code != 0:
             note(f"local worker {i} exited with code {code}; see {logs / f'worker{i}.log'}")
+    if any(codes) and every_run_complete(out):
+        note("every planned run of the sweep is complete (the other workers took the lost runs over)")
+        return 0
     return max((abs(c) for c in codes), default=0)
+
+
+def every_run_complete(out: Path) -> bool:
+    """Whether the sweep's manifests list runs and every one has a complete record (no claim, failure or gap)."""
+    from .status import sweep_status
+
+    counts = sweep_status(out)["counts"]
+    return bool(counts.get("complete")) and counts.get("not_started") == 0 and not any(
+        n for state, n in counts.items() if state != "complete")
 
 
 def _wait_reporting(procs: list[subprocess.Popen], out: Path, note: Callable[[str], None],

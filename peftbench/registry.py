@@ -144,12 +144,18 @@ def families() -> dict[str, list[str]]:
     return out
 
 
+ALL_METHODS = "all"  # in --methods: every registered method
+
+
 def expand_methods(names: list[str]) -> list[str]:
-    """Method or family names -> method names, in the order given, each once (``vpt`` -> vpt_shallow, vpt_deep)."""
+    """Method or family names -> method names, in the order given, each once (``vpt`` -> vpt_shallow, vpt_deep;
+    ``all`` -> every registered method)."""
     fams = families()
     out: list[str] = []
     for name in names:
-        if name in fams and name not in _METHODS:
+        if name == ALL_METHODS and name not in _METHODS:
+            members = available_methods()
+        elif name in fams and name not in _METHODS:
             members = fams[name]
         else:
             if name not in _METHODS:

@@ -43,6 +43,7 @@ from .jobs import (  # noqa: F401  (re-exported: the CLI, tests and benchmarks i
     suite_of,
     suite_source,
     sweep_header,
+    sweep_methods,
     warmup_warnings,
 )
 from .measure import (
@@ -57,7 +58,7 @@ from .measure import (
 from .method_api import BuildContext
 from .provenance import provenance
 from .records import FINAL_STATUSES, SCHEMA_VERSION, TOOL, RecordError, find_record, record_path, write_record
-from .registry import MethodSpec, expand_methods, get_method
+from .registry import MethodSpec, get_method
 from .repro import pin_threads
 from .status import write_manifest
 from .train import (
@@ -221,7 +222,7 @@ class Plan:
 def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     """Resolve, check and decode everything before the first run, so bad input fails fast and whole."""
     check_options(req.claim_timeout, req.checkpoint_every)
-    specs = [get_method(m) for m in expand_methods(req.methods)]
+    specs = [get_method(m) for m in sweep_methods(req)]
     if not specs:
         raise UsageError("--methods: no method given")
     suite_name = suite_of(req)

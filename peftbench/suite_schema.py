@@ -1,6 +1,7 @@
 """The shape of a suite YAML file, checked before anything reads it: one error naming the file and key path.
 
-A suite is a mapping of sections; ``defaults`` maps training keys to values, ``methods`` maps a method
+A suite is a mapping of sections; ``default_methods`` lists what `run` and `tune` do without ``--methods``;
+``defaults`` maps training keys to values, ``methods`` maps a method
 to its overrides, ``recipes`` maps a named recipe to its ``note``, ``methods`` and ``tasks`` (a task to
 methods to overrides), ``tune`` holds ``budget``, ``grid`` and ``methods`` (lists of values). Values
 are scalars or lists of scalars (e.g. ``ship.layers: [0, 2, 4]``). Which keys exist is checked later, where the method's
@@ -60,6 +61,10 @@ def check_suite_shape(raw: dict, path: Path) -> None:
     for key in ("suite", "description", "backbone", "weights"):
         if key in raw and not isinstance(raw[key], (str, type(None))):
             raise _fail(path, key, "text", raw[key])
+    methods = raw.get("default_methods")
+    if methods is not None and (not isinstance(methods, list) or not methods
+                                or not all(isinstance(m, str) and m for m in methods)):
+        raise _fail(path, "default_methods", "a non-empty list of method or family names", methods)
     _overrides(path, "defaults", raw.get("defaults"))
     _nested(path, "methods", raw.get("methods"), "METHOD: {KEY: VALUE}", _overrides)
     _nested(path, "recipes", raw.get("recipes"), "NAME: {note, methods, tasks}", _recipe)

@@ -22,9 +22,9 @@ from typing import Any
 from .config import SHARED_RECIPE, TRAIN_KEYS, Suite
 from .data.tasks import resolve_tasks
 from .errors import UsageError
-from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of
+from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of, sweep_methods
 from .records import find_record
-from .registry import MethodSpec, expand_methods, get_method
+from .registry import MethodSpec, get_method
 from .runner import run_sweep
 from .selection import choose, val_top1
 from .util import did_you_mean
@@ -119,7 +119,7 @@ def run_tune(req: TuneRequest, reporter: Reporter | None = None) -> TuneResult:
                          "run a named recipe with `peftbench run --recipe NAME`")
     if req.final_seeds < 1:
         raise UsageError(f"--final-seeds {req.final_seeds}: must be at least 1")
-    specs = [get_method(m) for m in expand_methods(sweep.methods)]
+    specs = [get_method(m) for m in sweep_methods(sweep)]
     suite_name = suite_of(sweep)
     suite = load_suite(suite_name, sweep.suite_file)
     tasks = resolve_tasks(sweep.tasks, suite_name)

@@ -44,6 +44,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _in_process_sweeps(monkeypatch):
+    """`run` / `tune` in this process unless a test asks for workers (the default, --launcher auto, starts one
+    worker process per core on a CPU machine: tests patch and plug in code that workers would not see)."""
+    monkeypatch.setenv("PEFTBENCH_LAUNCHER", "none")
+
+
 @pytest.fixture
 def vtab_root(tmp_path: Path) -> Path:
     """Two VTAB tasks under alias folder names, mixed formats and modes, CRLF lists."""

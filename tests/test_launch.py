@@ -108,8 +108,9 @@ def test_worker_command_line_drops_the_launcher_options():
             "mem=4G", "--wait", "--set", "lr=0.1", "--slurm-time", "1:00:00", "--worker-id", "w",
             "--slurm-gpus-per-job", "0", "--out", "r"]
     assert worker_argv(argv, reports=True) == ["--plugin", "p.py", "run", "--methods", "linear", "--set", "lr=0.1",
-                                               "--worker-id", "w", "--out", "r", "--no-report"]
-    assert worker_argv(["run", "--workers", "2", "--launcher", "local"], reports=False) == ["run"]
+                                               "--worker-id", "w", "--out", "r", "--no-report", "--launcher", "none"]
+    assert worker_argv(["run", "--workers", "2", "--launcher", "local"], reports=False) == ["run", "--launcher",
+                                                                                            "none"]
 
 
 def test_local_workers_get_a_gpu_each_or_a_share_of_the_cores(monkeypatch):
@@ -144,7 +145,7 @@ def test_tune_takes_the_launcher_options_too(tmp_path, capsys):
     assert main(["tune", "--out", str(tmp_path / "runs"), "--workers", "2"]) == 2
     assert capsys.readouterr().err.strip() == "error: --workers needs --launcher local"
     assert worker_argv(["tune", "--budget", "2", "--launcher", "local", "--workers", "2"], reports=True) == [
-        "tune", "--budget", "2", "--no-report"]
+        "tune", "--budget", "2", "--no-report", "--launcher", "none"]
 
 
 def test_slurm_launcher_without_sbatch_is_one_clear_error(tmp_path, capsys, monkeypatch):

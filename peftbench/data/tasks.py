@@ -122,3 +122,39 @@ def resolve_tasks(spec: str, suite: str = "vtab1k") -> list[TaskSpec]:
         if by_name[name] not in out:
             out.append(by_name[name])
     return out
+
+
+def known_suites() -> list[str]:
+    return sorted(set(SUITES) | set(BUILTIN_SUITE_MODULES))
+
+
+def check_suite(suite: str) -> str:
+    """``suite`` if it names a known suite, else one UsageError listing the suites."""
+    suite_tasks(suite)
+    return suite
+
+
+def infer_suite(spec: str | None, default: str) -> str:
+    """The suite of the tasks in ``spec`` (a comma list, or 'all' / None), for a command given no --suite.
+
+    The one suite that holds every named task (by name or alias); ``default`` for 'all', for names no
+    suite knows (the default suite's own error then names them) and for names the default holds. A name
+    that several suites hold, or tasks of different suites, is one UsageError listing the suites.
+    """
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if not names or names == ["all"]:
+        return default
+    holders = {}
+    for name in names:
+        holders[name] = [s for s in known_suites() if any(name in t.folder_names for t in suite_tasks(s))]
+        if not holders[name]:
+            return default
+    for name, suites in holders.items():
+        if len(suites) > 1:
+            raise UsageError(f"task '{name}' belongs to several suites ({', '.join(suites)}): give --suite NAME")
+    found = sorted({h[0] for h in holders.values()})
+    if len(found) > 1:
+        raise UsageError("tasks of different suites: " + "; ".join(
+            f"{s}: {', '.join(n for n, h in holders.items() if h[0] == s)}" for s in found) + "; give --suite NAME")
+    return found[0]
+
