@@ -8,6 +8,7 @@ reports, decoded-image caches, SHIP's prototype banks and generated suites all u
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -16,6 +17,31 @@ from pathlib import Path
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once: the process's umask, for what mkstemp / mkdtemp create private
+
+
+_REMEDY = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space or raise the quota",
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "choose a writable folder",
+    errno.EEXIST: "remove it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "choose another path",
+}
+
+
+_WHOLE_DEVICE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def write_problem(exc: OSError) -> str:
+    """What failed in a write and what to do: the system's words (No space left on device, Permission
+    denied, File exists, ...), the path when the error names one, and a remedy."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None and exc.errno not in _WHOLE_DEVICE:  # which file, where it is that file's fault
+        cause += f" ({exc.filename})"
+    remedy = _REMEDY.get(exc.errno or 0)
+    return f"{cause}: {remedy}" if remedy else cause
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> Path:

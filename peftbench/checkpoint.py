@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_problem
 
 FORMAT = 2  # 2: optimizer groups in timm's order (no-decay first); a format-1 checkpoint is ignored
 
@@ -85,7 +85,7 @@ class Checkpointer:
             atomic_write(self.path, write)
         except (OSError, RuntimeError) as exc:
             self.failed = True
-            cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            cause = write_problem(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             self.note(f"warning: cannot save the training checkpoint {self.path} after epoch "
                       f"{state.get('epochs_done', '?')} ({cause}); training goes on without checkpoints "
                       f"(an interruption now restarts from {self._kept()})")

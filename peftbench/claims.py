@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_problem
 from .errors import PeftbenchError
 
 
@@ -127,8 +128,8 @@ class Claims:
                         return taken  # continue: the claim vanished meanwhile, try to create it again
             return None
         except OSError as exc:
-            raise ClaimError(f"cannot write a claim in {self.folder}: {exc.strerror or exc}; no claim was left "
-                             "behind; free space and run the same command again") from exc
+            raise ClaimError(f"cannot write a claim in {self.folder}: {write_problem(exc)}; no claim was left "
+                             "behind; then run the same command again") from exc
 
     def live(self, run_id: str) -> bool:
         """Whether a live worker holds the run: a claim that says who, with a heartbeat within the timeout

@@ -54,7 +54,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
                    help="time limit per array element, in sbatch's format (e.g. 12:00:00, 2-00:00:00; default: "
                         "the partition's)")
     g.add_argument("--slurm-gpus-per-job", type=int, default=None, metavar="N",
-                   help="GPUs per array element (default 1; 0 for CPU-only jobs)")
+                   help="GPUs per array element (0: CPU-only jobs; default 1, or 0 where sinfo shows no GPU in the "
+                        "partition)")
     g.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N",
                    help="at most N elements run at once (default: all --jobs)")
     g.add_argument("--slurm-account", default=None, metavar="NAME", help="slurm: the account to charge")
@@ -286,7 +287,12 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
     extra = slurm_args(args.slurm_arg)
     if args.slurm_time is not None:
         extra.setdefault("time", args.slurm_time)  # sbatch parses its own formats
-    gpus = 1 if args.slurm_gpus_per_job is None else args.slurm_gpus_per_job
+    gpus = args.slurm_gpus_per_job
+    if gpus is None:
+        gpus = default_gpus_per_job(_sinfo_gres(), args.slurm_partition)
+        if gpus == 0:
+            note(f"Slurm partition {args.slurm_partition or '(the default)'} has no GPUs: CPU-only jobs "
+                 "(--slurm-gpus-per-job N asks for N GPUs per job)")
     executor.update_parameters(
         job_name="peftbench", time=None, partition=args.slurm_partition, account=args.slurm_account,
         qos=args.slurm_qos, gpus_per_node=gpus or None, array_parallelism=args.slurm_array_parallelism or jobs,
@@ -297,8 +303,7 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
         detail = getattr(exc, "output", None) or getattr(exc, "stderr", None) or exc
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
-        raise UsageError(f"--launcher slurm: sbatch refused the job array: {str(detail).strip().splitlines()[-1]}"
-                         ) from exc
+        raise UsageError(sbatch_refusal(str(detail), gpus)) from exc
     array_id = array[0].job_id.split("_")[0]
     note(f"submitted Slurm job array {array_id} ({jobs} worker(s)); logs in {folder}")
     print(f"job id: {array_id}", flush=True)
@@ -317,3 +322,39 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
             note(f"array element {job.job_id}: {first}; log {job.paths.stdout}")
             code = max(code, 1)
     return code
+
+
+def _sinfo_gres() -> str | None:
+    """``sinfo``'s partitions and their generic resources, one ``PARTITION|GRES`` per line; None if it fails."""
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def default_gpus_per_job(sinfo_gres: str | None, partition: str | None) -> int:
+    """GPUs per array element when --slurm-gpus-per-job is not given: 0 where the partition (the default
+    one, marked ``*`` by sinfo, when none is named) has no node with a ``gpu`` resource, else 1; 1 when
+    sinfo could not tell."""
+    if sinfo_gres is None:
+        return 1
+    rows = [line.split("|", 1) for line in sinfo_gres.splitlines() if "|" in line]
+    if partition is not None:
+        mine = [gres for part, gres in rows if part.rstrip("*") == partition]
+    else:
+        mine = [gres for part, gres in rows if part.endswith("*")] or [gres for _, gres in rows]
+    if not mine:
+        return 1  # an unknown partition: sbatch says so itself
+    return 1 if any("gpu" in gres.lower() for gres in mine) else 0
+
+
+def sbatch_refusal(detail: str, gpus: int) -> str:
+    """sbatch's last line, and what to do when it is the bare complaint about GPUs asked for on a CPU cluster."""
+    last = (detail.strip().splitlines() or ["(no message)"])[-1]
+    text = f"--launcher slurm: sbatch refused the job array: {last}"
+    if gpus and "gres" in last.lower():
+        text += (f" (each job asked for {gpus} GPU(s); on a partition without GPUs, --slurm-gpus-per-job 0 runs "
+                 "CPU-only jobs)")
+    return text
+

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .atomic import write_problem
 from .backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from .checkpoint import Checkpointer
 from .checks import check_options, method_problems, raise_if_any, run_facts
@@ -416,8 +417,8 @@ def _run_job(job: Job, plan: Plan, prov: dict, reporter: Reporter) -> JobOutcome
     try:
         write_record(path, record)
     except OSError as exc:
-        raise RecordError(f"cannot write the record of {job.label} to {path}: {exc}; nothing was kept for this "
-                          "run (its checkpoint, if any, remains); free space and run the same command again"
+        raise RecordError(f"cannot write the record of {job.label} to {path}: {write_problem(exc)}; nothing was "
+                          "kept for this run (its checkpoint, if any, remains); then run the same command again"
                           ) from exc
     checkpoint.discard()
     reporter.run_finished(job.label, _summary_line(outcome))

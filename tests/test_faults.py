@@ -95,7 +95,8 @@ def test_claim_on_a_full_disk_is_one_error_and_leaves_nothing(tmp_path, monkeypa
             disk = tmp_path / "disk"
             monkeypatch.setattr(claims_mod.json, "dump", _no_space)
         claims = Claims(disk, "me")
-        with pytest.raises(ClaimError, match=r"cannot write a claim in .*: No space left on device; no claim was"):
+        with pytest.raises(ClaimError, match=r"cannot write a claim in .*: No space left on device: free some space; "
+                                             r"no claim was"):
             claims.acquire("r1")
         assert [p.name for p in claims.folder.iterdir()] == []  # no phantom, no temporary file
 
@@ -392,8 +393,8 @@ def test_report_on_a_full_disk_is_one_error_and_changes_nothing(tmp_path, monkey
         rc = main(["report", str(runs), "--out", str(out), "--no-reference"])
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err
-        assert err == f"error: cannot write the report to {out}: No space left on device; nothing in it was changed; " \
-                      "free space and run `peftbench report` again\n"
+        assert err == f"error: cannot write the report to {out}: No space left on device: free some space; nothing " \
+                      "in it was changed; then run `peftbench report` again\n"
         assert sorted(p.name for p in out.parent.iterdir()) == before  # no temporary folder left
         if how == "patched":  # the old report stays whole: no new markdown linking plots that were never made
             assert [p.name for p in out.iterdir()] == ["summary.md"]

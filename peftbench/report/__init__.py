@@ -53,7 +53,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..atomic import staged_folder
+from ..atomic import staged_folder, write_problem
 from ..errors import PeftbenchError, UsageError
 from ..records import finite, load_records, to_dataframe
 from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
@@ -140,8 +140,8 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
                 (stage / "summary.tex").write_text(render_latex(tables))
             names = sorted(p.name for p in stage.iterdir())
     except OSError as exc:
-        raise ReportError(f"cannot write the report to {out_dir}: {exc.strerror or exc}; nothing in it was "
-                          "changed; free space and run `peftbench report` again") from exc
+        raise ReportError(f"cannot write the report to {out_dir}: {write_problem(exc)}; nothing in it was "
+                          "changed; then run `peftbench report` again") from exc
     return [out_dir / name for name in names]
 
 
