@@ -35,21 +35,27 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-# tab20 index and marker of the methods peftbench ships, so that a method looks the same in every report
-KNOWN_STYLES = {"linear": (14, "o"), "full": (6, "s"), "vpt_shallow": (1, "v"), "vpt_deep": (0, "^"),
-                "ship": (2, "D"), "bitfit": (4, "P"), "ln_tune": (5, "p"), "lora": (8, "X"), "adapter": (10, "h"),
-                "adaptformer": (11, "H"), "ssf": (12, "*"), "fact": (16, "d"), "repadapter": (18, "<")}
 MARKERS = "osD^vP*Xh<>pdH"
 
 
 def method_style(method: str) -> tuple[Any, str]:
-    """The colour and marker of a method: fixed for known methods, else from a stable hash of its name
-    (crc32, not Python's salted ``hash``), so a method keeps its look whatever else a report holds."""
-    from matplotlib import colormaps
+    """The colour and marker of a method, derived from its name alone (crc32, not Python's salted ``hash``):
+    the same in every report and process, for built-in methods and plugins alike, whatever else a report
+    holds. The hue comes from the name, saturation and brightness (kept dark enough for a white page)
+    and the marker from other bits of the same checksum, so that two methods rarely look alike."""
+    from matplotlib.colors import hsv_to_rgb
 
-    index, marker = KNOWN_STYLES.get(method) or (zlib.crc32(method.encode()) % 20,
-                                                 MARKERS[zlib.crc32(method.encode()[::-1]) % len(MARKERS)])
-    return colormaps["tab20"](index), marker
+    code = zlib.crc32(method.encode())
+    hue = (code % 3600) / 3600
+    saturation = (0.55, 0.7, 0.85)[(code >> 12) % 3]
+    value = (0.55, 0.7, 0.85)[(code >> 16) % 3]
+    red, green, blue = (float(c) for c in hsv_to_rgb((hue, saturation, value)))
+    return (red, green, blue, 1.0), MARKERS[(code >> 20) % len(MARKERS)]
+
+
+def by_mean(rows: list[Row]) -> list[Row]:
+    """Rows best first by their mean over tasks (rows without a mean last), ties by name: the plots' order."""
+    return sorted(rows, key=lambda r: (r.mean_tasks.mean is None, -(r.mean_tasks.mean or 0.0), r.method))
 
 
 def _style(methods: list[str]) -> dict[str, tuple[Any, str]]:
@@ -94,7 +100,7 @@ def whole_suite_front(rows: list[Row], pts: list[tuple[float, float]]) -> list[i
 def _scatter(table: Table, style: dict, xkey: str, xlabel: str, title: str, refs: bool):
     fig = _figure(SCATTER_SIZE)
     ax = fig.add_subplot()
-    rows = [r for r in table.rows if r.costs.get(xkey) and r.mean_tasks.mean is not None]
+    rows = [r for r in by_mean(table.rows) if r.costs.get(xkey) and r.mean_tasks.mean is not None]
     pts = [(r.costs[xkey], r.mean_tasks.mean) for r in rows]
     ref_rows = [r for r in table.references if refs and r.costs.get(xkey) and r.mean_tasks.mean is not None]
     if xkey == "params_m":
@@ -155,7 +161,7 @@ def plot_heatmap(table: Table):
     import numpy as np
     from matplotlib import colormaps
 
-    rows = [*table.rows, *table.references]
+    rows = [*by_mean(table.rows), *table.references]
     tasks = table.layout.tasks
     cols = [*tasks, "mean"]
     data = np.full((len(rows), len(cols)), np.nan)
@@ -207,7 +213,7 @@ def plot_group_means(table: Table, style: dict):
     fig = _figure(BAR_SIZE)
     ax = fig.add_subplot()
     bars = [(g.capitalize(), g) for g, _ in table.layout.groups] + [("All tasks", None)]
-    rows = [r for r in table.rows if r.mean_tasks.mean is not None]
+    rows = [r for r in by_mean(table.rows) if r.mean_tasks.mean is not None]
     width = 0.8 / max(len(rows), 1)
     partial_any = False
     for k, row in enumerate(rows):
@@ -267,7 +273,8 @@ def plot_training_curves(table: Table, style: dict, records: list[dict]):
     for k, task in enumerate(tasks):
         ax = fig.add_subplot(-(-len(tasks) // cols), cols, k + 1)
         twin = None
-        for method in sorted(m for t, m in curves if t == task):
+        order = {row.method: i for i, row in enumerate(by_mean(table.rows))}
+        for method in sorted((m for t, m in curves if t == task), key=lambda m: (order.get(m, len(order)), m)):
             color, _ = style.get(method, method_style(method))
             series = curves[(task, method)]
             for key, axis, ls in (("train_loss", ax, "-"), ("val_top1", None, "--")):
