@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from peftbench.cli import main
+from peftbench.data.tasks import known_suites
+
+UNKNOWN_SUITE = f"error: unknown suite 'nope' (suites: {', '.join(known_suites())})"
 
 CASES = [
     (["inspect", "--method", "linear", "--img-size", "0"], "error: --img-size 0: must be a positive number of pixels"),
@@ -15,8 +18,8 @@ CASES = [
      "the model's own size)"),
     (["inspect", "--method", "linear", "--num-classes", "0"], "error: --num-classes 0: must be at least 1"),
     (["inspect", "--method", "linear", "--num-classes", "-3"], "error: --num-classes -3: must be at least 1"),
-    (["inspect", "--method", "linear", "--suite", "nope"], "error: unknown suite 'nope' (suites: mini, vtab1k)"),
-    (["methods", "--suite", "nope"], "error: unknown suite 'nope' (suites: mini, vtab1k)"),
+    (["inspect", "--method", "linear", "--suite", "nope"], UNKNOWN_SUITE),
+    (["methods", "--suite", "nope"], UNKNOWN_SUITE),
     (["run", "--methods", ""], "error: --methods '': no method given (a comma list of methods or families, or 'all')"),
     (["tune", "--methods", " , "],
      "error: --methods '': no method given (a comma list of methods or families, or 'all')"),
