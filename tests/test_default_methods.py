@@ -1,4 +1,4 @@
-"""`run` and `tune` without --methods: the suite's ``default_methods`` (mini: 7 methods); ``all``: every method."""
+"""`run` and `tune` without --methods: the suite's ``default_methods`` (mini: 6 methods); ``all``: every method."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from peftbench.errors import UsageError
 from peftbench.jobs import SweepRequest, default_suite_file, sweep_methods
 from peftbench.registry import available_methods
 
-MINI_DEFAULT = ["linear", "full", "vpt_shallow", "vpt_deep", "ship", "lora", "adapter"]
+MINI_DEFAULT = ["linear", "full", "vpt_shallow", "vpt_deep", "ship", "lora"]
 
 
 def test_mini_runs_its_default_methods_and_all_runs_every_method():
