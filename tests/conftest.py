@@ -61,7 +61,7 @@ def vtab_root(tmp_path: Path) -> Path:
     return root
 
 
-def concurrent_workers(cli_args: list[str], workers: int, cache: Path) -> dict[str, list[str]]:
+def _concurrent_workers(cli_args: list[str], workers: int, cache: Path) -> dict[str, list[str]]:
     """Start ``workers`` ``peftbench`` processes on the same command line at once; every one must succeed.
 
     Returns each run label that was trained (its ``label: top-1`` line) with the workers that trained it.
@@ -78,6 +78,18 @@ def concurrent_workers(cli_args: list[str], workers: int, cache: Path) -> dict[s
             if ": top-1 " in line:
                 trained.setdefault(line.split(":")[0].strip(), []).append(worker)
     return trained
+
+
+@pytest.fixture
+def concurrent_workers():
+    """The ``_concurrent_workers`` helper as a fixture: ``concurrent_workers(cli_args, workers, cache)``."""
+    return _concurrent_workers
+
+
+@pytest.fixture
+def split_sizes() -> dict[str, int]:
+    """The image count of each split that ``vtab_root`` writes per task."""
+    return dict(SMALL)
 
 
 @pytest.fixture

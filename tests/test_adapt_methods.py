@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import tiny_vit
 
 from peftbench.adapt import Adaptation
 from peftbench.config import build_dataclass
@@ -55,16 +54,16 @@ def _key(method: str, knobs: dict) -> str:
     return f"fact_{knobs.get('variant', 'tt')}" if method == "fact" else method
 
 
-def _build(method: str, knobs: dict | None = None, vit=None, num_classes: int = C):
+def _build(make_vit, method: str, knobs: dict | None = None, vit=None, num_classes: int = C):
     spec = get_method(method)
     cfg = build_dataclass(spec.config_cls, knobs or {}, method)
     torch.manual_seed(0)
-    return spec.build(vit if vit is not None else tiny_vit(num_classes), num_classes, cfg, None)
+    return spec.build(vit if vit is not None else make_vit(num_classes), num_classes, cfg, None)
 
 
 @pytest.mark.parametrize("method,knobs", CASES, ids=[f"{m}-{k}" for m, k in CASES])
-def test_trainable_count_formula_tiny_vit(method, knobs):
-    model = _build(method, knobs)
+def test_trainable_count_formula_tiny_vit(make_tiny_vit, method, knobs):
+    model = _build(make_tiny_vit, method, knobs)
     assert count_params(model)["trainable_params"] == expected(_key(method, knobs), knobs, 32, 2, 64, C)
 
 
@@ -74,10 +73,10 @@ VIT_B16 = {"bitfit": 179_812, "ln_tune": 115_300, "lora": 371_812, "adapter": 23
 
 
 @pytest.mark.parametrize("method", sorted(VIT_B16))
-def test_trainable_count_vit_b16(method):
+def test_trainable_count_vit_b16(make_tiny_vit, method):
     with torch.device("meta"):
         vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
-        got = count_params(_build(method, vit=vit, num_classes=100))["trainable_params"]
+        got = count_params(_build(make_tiny_vit, method, vit=vit, num_classes=100))["trainable_params"]
     assert got == VIT_B16[method] == expected(_key(method, {}), {}, 768, 12, 3072, 100)
 
 
@@ -96,11 +95,11 @@ MERGEABLE = [("lora", {}), ("lora", {"targets": "q,k,v"}), ("ssf", {}), ("repada
 
 
 @pytest.mark.parametrize("method,knobs", MERGEABLE, ids=[f"{m}-{k}" for m, k in MERGEABLE])
-def test_merged_model_gives_the_same_logits(method, knobs):
+def test_merged_model_gives_the_same_logits(make_tiny_vit, method, knobs):
     torch.manual_seed(1)
     x = torch.randn(3, 3, 32, 32)
-    plain = tiny_vit(C).eval()(x)
-    model = _perturbed(_build(method, knobs))
+    plain = make_tiny_vit(C).eval()(x)
+    model = _perturbed(_build(make_tiny_vit, method, knobs))
     with torch.no_grad():
         logits = model(x)
         merged = model.merge()
@@ -112,12 +111,12 @@ def test_merged_model_gives_the_same_logits(method, knobs):
 
 
 @pytest.mark.parametrize("method", ["bitfit", "ln_tune", "adapter", "adaptformer"])
-def test_no_merge_hook_where_nothing_to_fold(method):
-    assert not hasattr(_build(method), "merge")
+def test_no_merge_hook_where_nothing_to_fold(make_tiny_vit, method):
+    assert not hasattr(_build(make_tiny_vit, method), "merge")
 
 
-def test_lora_leaves_the_key_slice_alone():
-    model = _perturbed(_build("lora"))
+def test_lora_leaves_the_key_slice_alone(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "lora"))
     qkv = model.vit.blocks[0].attn.qkv
     delta = model.merge().blocks[0].attn.qkv.weight - qkv.base.weight
     d = qkv.base.in_features
@@ -126,8 +125,8 @@ def test_lora_leaves_the_key_slice_alone():
 
 
 @pytest.mark.parametrize("method", ["adaptformer", "repadapter", "fact", "peft_lora"])
-def test_adapter_dropout_acts_in_training_backbone_stays_in_eval(method):
-    model = _perturbed(_build(method, {"lora_dropout": 0.5} if method == "peft_lora" else {}))
+def test_adapter_dropout_acts_in_training_backbone_stays_in_eval(make_tiny_vit, method):
+    model = _perturbed(_build(make_tiny_vit, method, {"lora_dropout": 0.5} if method == "peft_lora" else {}))
     model.train()
     assert not model.vit.blocks[0].training  # frozen backbone: eval mode (no drop-path), as VPT
     x = torch.randn(2, 3, 32, 32)
@@ -141,16 +140,16 @@ PEFT = ["peft_lora", "peft_dora", "peft_ia3", "peft_oft", "peft_boft", "peft_ver
 
 
 @pytest.mark.parametrize("method", PEFT)
-def test_peft_trainable_count_equals_peft_own(method):
-    model = _build(method, {"r": 16} if method == "peft_vera" else {})
+def test_peft_trainable_count_equals_peft_own(make_tiny_vit, method):
+    model = _build(make_tiny_vit, method, {"r": 16} if method == "peft_vera" else {})
     trainable, _ = model.vit.get_nb_trainable_parameters()
     assert count_params(model)["trainable_params"] == trainable
     assert all(p.requires_grad for p in model.get_classifier().parameters())
     assert trainable > head(32, C)
 
 
-def test_peft_knobs_reach_peft():
-    small, large = (_build("peft_lora", {"r": r}) for r in (2, 4))
+def test_peft_knobs_reach_peft(make_tiny_vit):
+    small, large = (_build(make_tiny_vit, "peft_lora", {"r": r}) for r in (2, 4))
     grow = count_params(large)["trainable_params"] - count_params(small)["trainable_params"]
     assert grow == 2 * 2 * (32 + 3 * 32)  # 2 blocks, 2 more ranks of A (r x D) and B (3D x r) on qkv
 
@@ -173,8 +172,8 @@ def test_record_says_merged_and_measures_the_merged_model(vtab_root, tmp_path):
 
 # ---- the official codes' equations, written out with the plugins' weights (eval mode) -----------
 
-def test_adaptformer_block_matches_official_equations():
-    model = _perturbed(_build("adaptformer"))
+def test_adaptformer_block_matches_official_equations(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "adaptformer"))
     blk, x = model.vit.blocks[0], torch.randn(2, 17, 32)
     wrap = blk.mlp  # official: x = x + attn(norm1(x)); x = x + mlp(norm2(x)) + s * up(relu(down(x)))
     x1 = x + blk.attn(blk.norm1(x))
@@ -183,8 +182,8 @@ def test_adaptformer_block_matches_official_equations():
     torch.testing.assert_close(blk(x), official)
 
 
-def test_repadapter_matches_official_grouped_conv():
-    model = _perturbed(_build("repadapter"))
+def test_repadapter_matches_official_grouped_conv(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "repadapter"))
     wrap, z = model.vit.blocks[1].mlp.fc1, torch.randn(2, 17, 32)
     groups, r = 2, wrap.down.out_features
     conv_a = torch.nn.Conv1d(32, r, 1)
@@ -198,8 +197,8 @@ def test_repadapter_matches_official_grouped_conv():
         torch.testing.assert_close(wrap(z), wrap.base(adapted))
 
 
-def test_fact_tt_matches_official_equations():
-    model = _perturbed(_build("fact", {"scale": 0.5}))
+def test_fact_tt_matches_official_equations(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "fact", {"scale": 0.5}))
     f, blk, s = model.fact, model.vit.blocks[1], 0.5
     cores = f.cores[8:16]  # block 1 starts after block 0's 3 (qkv) + 1 (proj) + 2 (fc1) + 2 (fc2) cores
     u, v = (lambda t: t @ f.u.t()), (lambda t: t @ f.v.t())
@@ -216,8 +215,8 @@ def test_fact_tt_matches_official_equations():
         torch.testing.assert_close(blk.mlp.fc2(h), blk.mlp.fc2.base(h) + delta * s)
 
 
-def test_repadapter_sparsity_penalty_as_official():
-    model = _perturbed(_build("repadapter", {"sparse_lambda": 0.5, "dropout": 0.0})).train()
+def test_repadapter_sparsity_penalty_as_official(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "repadapter", {"sparse_lambda": 0.5, "dropout": 0.0})).train()
     wraps = [b.attn.qkv for b in model.vit.blocks] + [b.mlp.fc1 for b in model.vit.blocks]
     official = 0.5 * sum(torch.norm(w.up_weight, p=2) + torch.norm(w.up_bias, p=2) for w in wraps)
     x = torch.randn(2, 3, 32, 32)
@@ -226,8 +225,8 @@ def test_repadapter_sparsity_penalty_as_official():
     torch.testing.assert_close(model.eval()(x), out.logits)  # evaluation: the logits alone
 
 
-def test_fact_tk_attention_matches_official_equations():
-    model = _perturbed(_build("fact", {"variant": "tk", "rank": 4, "scale": 0.5}))
+def test_fact_tk_attention_matches_official_equations(make_tiny_vit):
+    model = _perturbed(_build(make_tiny_vit, "fact", {"variant": "tk", "rank": 4, "scale": 0.5}))
     f, blk = model.fact, model.vit.blocks[1]
     mixed = f.core @ f.coef[:, 8:12]  # official FacTc @ FacTp[:, idx:idx + 4], idx = 8 after block 0
     u, v = (lambda t: t @ f.u.t()), (lambda t: t @ f.v.t())
@@ -308,12 +307,12 @@ def test_peft_methods_form_the_peft_family():
     assert expand_methods(["peft"]) == sorted(PEFT)
 
 
-def test_repadapter_trains_its_adapters_by_default():
+def test_repadapter_trains_its_adapters_by_default(make_tiny_vit):
     """The official experiment scripts run with sparse_lambda=0. With the parser's default of 1 the penalty
     held every up-projection at zero and RepAdapter reproduced the linear probe exactly on the mini suite."""
     from peftbench.methods.repadapter import RepAdapterConfig
 
     assert RepAdapterConfig().sparse_lambda == 0.0
-    model = _build("repadapter", {}).train()
+    model = _build(make_tiny_vit, "repadapter", {}).train()
     out = model(torch.randn(2, 3, 32, 32))
     assert isinstance(out, torch.Tensor)  # no auxiliary loss unless asked for

@@ -7,7 +7,6 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 
 from peftbench.backbone import Preprocess
 from peftbench.config import TrainConfig, build_dataclass
@@ -33,11 +32,11 @@ def _ctx(img: int, tmp_path) -> BuildContext:
                         cache_dir=tmp_path, train_batches=batches)
 
 
-def _build(name: str, tmp_path, img: int = 32, **vit_kw):
+def _build(make_vit, name: str, tmp_path, img: int = 32, **vit_kw):
     spec = get_method(name)
     cfg = build_dataclass(spec.config_cls, TINY_KNOBS.get(name, {}), name)
     torch.manual_seed(0)
-    model = spec.build(tiny_vit(NUM_CLASSES, img_size=img, **vit_kw), NUM_CLASSES, cfg, _ctx(img, tmp_path))
+    model = spec.build(make_vit(NUM_CLASSES, img_size=img, **vit_kw), NUM_CLASSES, cfg, _ctx(img, tmp_path))
     return model
 
 
@@ -48,8 +47,8 @@ def method(request):
 
 @pytest.mark.parametrize("img,vit_kw", [(32, {}), (48, {}), (32, {"reg_tokens": 2})],
                          ids=["32px", "48px", "register-tokens"])
-def test_forward_shape_and_classifier(method, tmp_path, img, vit_kw):
-    model = _build(method, tmp_path, img, **vit_kw)
+def test_forward_shape_and_classifier(make_tiny_vit, method, tmp_path, img, vit_kw):
+    model = _build(make_tiny_vit, method, tmp_path, img, **vit_kw)
     x = torch.randn(3, 3, img, img)
     logits, _ = split_output(model.train()(x))  # training may add an auxiliary loss
     assert logits.shape == (3, NUM_CLASSES)
@@ -59,8 +58,8 @@ def test_forward_shape_and_classifier(method, tmp_path, img, vit_kw):
     assert hasattr(model, "get_classifier") and count_params(model)["head_params"] == 32 * NUM_CLASSES + NUM_CLASSES
 
 
-def test_only_trainable_parameters_change(method, tmp_path):
-    model = _build(method, tmp_path)
+def test_only_trainable_parameters_change(make_tiny_vit, method, tmp_path):
+    model = _build(make_tiny_vit, method, tmp_path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(lr=0.05, weight_decay=0.1, epochs=1)
@@ -85,14 +84,14 @@ def test_only_trainable_parameters_change(method, tmp_path):
     assert count_params(model)["trainable_params"] == changed
 
 
-def test_state_dict_round_trip(method, tmp_path):
-    model = _build(method, tmp_path).eval()
+def test_state_dict_round_trip(make_tiny_vit, method, tmp_path):
+    model = _build(make_tiny_vit, method, tmp_path).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)  # make the trained state differ from a fresh build
     x = torch.randn(2, 3, 32, 32)
     expected = model(x)
-    fresh = _build(method, tmp_path).eval()
+    fresh = _build(make_tiny_vit, method, tmp_path).eval()
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh(x), expected)

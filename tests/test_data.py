@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
 from PIL import Image
 
 from peftbench.data import images as images_mod
@@ -33,14 +32,14 @@ def test_resolve_tasks_aliases_and_errors():
         resolve_tasks("cifar10")
 
 
-def test_reader_tolerates_crlf_blank_lines_and_modes(vtab_root):
+def test_reader_tolerates_crlf_blank_lines_and_modes(split_sizes, vtab_root):
     lists = read_task_lists(vtab_root, CIFAR)
     assert lists.folder.name == "cifar"  # alias folder
-    assert len(lists.splits["train800val200"]) == SMALL["train800"] + SMALL["val200"]
+    assert len(lists.splits["train800val200"]) == split_sizes["train800"] + split_sizes["val200"]
     # blank lines are fine
     f = lists.folder / "test.txt"
     f.write_bytes(b"\r\n" + f.read_bytes() + b"\r\n\r\n")
-    assert len(read_task_lists(vtab_root, CIFAR).splits["test"]) == SMALL["test"]
+    assert len(read_task_lists(vtab_root, CIFAR).splits["test"]) == split_sizes["test"]
     assert any("train800 24 (expected 800)" in w for w in lists.warnings)  # subsets: a warning, not an error
 
 
@@ -163,7 +162,7 @@ def test_device_resize_matches_pil_on_noisy_images(interpolation, size):
     assert diff.mean() < 0.25
 
 
-def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(vtab_root, tmp_path):
+def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(split_sizes, vtab_root, tmp_path):
     """Paths differ, bytes do not: a training image copied into test, and one image under two labels."""
     import shutil
 
@@ -180,8 +179,8 @@ def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(vtab_roo
     for name in ("train800.txt", "train800val200.txt"):
         with open(folder / name, "a") as f:
             f.write(relabel + "\n")
-    n_test = SMALL["test"] + 1
-    n_combined = SMALL["train800"] + SMALL["val200"] + 1
+    n_test = split_sizes["test"] + 1
+    n_combined = split_sizes["train800"] + split_sizes["val200"] + 1
 
     class Messages(Reporter):
         def __init__(self):
@@ -215,7 +214,7 @@ def _png_header(path, width: int, height: int) -> None:
                      + chunk(b"IEND", b""))
 
 
-def test_decompression_bomb_is_a_one_line_error_naming_file_and_line(vtab_root, tmp_path, capsys):
+def test_decompression_bomb_is_a_one_line_error_naming_file_and_line(split_sizes, vtab_root, tmp_path, capsys):
     from peftbench.cli import main
 
     folder = vtab_root / "eurosat"
@@ -227,13 +226,13 @@ def test_decompression_bomb_is_a_one_line_error_naming_file_and_line(vtab_root, 
             "--no-report"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {folder / 'test.txt'}:{SMALL['test'] + 1}: image images/test/bomb.png is "
+    assert err.startswith(f"error: {folder / 'test.txt'}:{split_sizes['test'] + 1}: image images/test/bomb.png is "
                           "20000×20000 = 400,000,000 pixels, over the limit of 180,000,000")
     assert "\n" not in err and "--max-image-pixels" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.json"))
 
 
-def test_pixel_limit_is_the_documented_one_and_can_be_raised(vtab_root, tmp_path):
+def test_pixel_limit_is_the_documented_one_and_can_be_raised(split_sizes, vtab_root, tmp_path):
     from peftbench.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 
     assert 12_000 * 12_000 <= DEFAULT_MAX_IMAGE_PIXELS < 20_000 * 20_000  # large scans pass, bombs do not
@@ -241,7 +240,8 @@ def test_pixel_limit_is_the_documented_one_and_can_be_raised(vtab_root, tmp_path
     where = str(lists.folder / "test.txt")
     with pytest.raises(DataError, match=r"test.txt:1: image .* is 16×16 = 256 pixels, over the limit of 255"):
         load_split(lists.splits["test"][:1], (16, 16), "bicubic", where, tmp_path, max_pixels=255)
-    assert len(load_split(lists.splits["test"], (16, 16), "bicubic", where, tmp_path, max_pixels=256)) == SMALL["test"]
+    loaded = load_split(lists.splits["test"], (16, 16), "bicubic", where, tmp_path, max_pixels=256)
+    assert len(loaded) == split_sizes["test"]
 
 
 def test_pixel_limit_above_pils_own_is_honoured(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vit
 from test_reliability import sweep
 
 from peftbench import registry
@@ -57,22 +56,22 @@ def test_cpu_peak_memory_is_per_run_not_the_process_high_water_mark(vtab_root, t
 
 # ---- stored per task ----------------------------------------------------------------------------
 
-def _built(method: str, **knobs):
+def _built(make_vit, method: str, **knobs):
     spec = registry.get_method(method)
-    vit = tiny_vit(NUM_CLASSES)
+    vit = make_vit(NUM_CLASSES)
     shared = tensor_ids(vit)
     model = spec.build(vit, NUM_CLASSES, spec.config_cls(**knobs), BuildContext(None, torch.device("cpu")))
     return model, shared
 
 
-def test_stored_per_task_counts_ships_prototype_bank():
+def test_stored_per_task_counts_ships_prototype_bank(make_tiny_vit):
     """SHIP keeps a P x D prototype bank per task: neither trainable nor part of the backbone."""
-    model, shared = _built("ship", layers=(0, 1), num_prototypes=7, prompt_length=2)
+    model, shared = _built(make_tiny_vit, "ship", layers=(0, 1), num_prototypes=7, prompt_length=2)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert stored_per_task(model, shared) == trainable + 7 * 32  # tiny_vit's width is 32
 
 
-def test_stored_per_task_of_vpt_is_its_trainable_count():
-    model, shared = _built("vpt_deep", prompt_length=3)
+def test_stored_per_task_of_vpt_is_its_trainable_count(make_tiny_vit):
+    model, shared = _built(make_tiny_vit, "vpt_deep", prompt_length=3)
     # analytic: prompts depth x P x D, classifier D x C + C
     assert stored_per_task(model, shared) == 2 * 3 * 32 + 32 * NUM_CLASSES + NUM_CLASSES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_vit
 from torch import nn
 
 from peftbench.config import TrainConfig
@@ -13,9 +12,9 @@ from peftbench.train import make_optimizer
 class Prompted(nn.Module):
     """A ViT plus a prompt (decayed) and an exempted 2-d token (named by no_weight_decay)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vit: nn.Module) -> None:
         super().__init__()
-        self.vit = tiny_vit()
+        self.vit = vit
         self.prompt = nn.Parameter(torch.zeros(4, 32))
         self.exempt = nn.Parameter(torch.zeros(1, 32))
         self.vit.blocks[1].requires_grad_(False)  # frozen parameters are in no group
@@ -24,8 +23,8 @@ class Prompted(nn.Module):
         return {"exempt", "vit.pos_embed"}
 
 
-def test_decay_groups_follow_the_recipe():
-    model = Prompted()
+def test_decay_groups_follow_the_recipe(make_tiny_vit):
+    model = Prompted(make_tiny_vit())
     opt = make_optimizer(model, TrainConfig(weight_decay=0.05), torch.device("cpu"))
     names = {id(p): n for n, p in model.named_parameters()}
     by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in opt.param_groups}

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
-from conftest import tiny_vit
 from torch._dynamo.testing import CompileCounter
 
 import peftbench.train as train_mod
@@ -30,10 +29,10 @@ COMPILED_KNOBS = {"vpt_deep": KNOBS["vpt_deep"], "ship": {**KNOBS["ship"], "matc
                   "ship_masked": {**KNOBS["ship"], "matching_warmup": 1, "attention": "masked"}}
 
 
-def _model(method: str, knobs: dict | None = None) -> torch.nn.Module:
+def _model(make_vit, method: str, knobs: dict | None = None) -> torch.nn.Module:
     spec = get_method(method.removesuffix("_masked"))
     cfg = spec.config_cls(**(knobs or KNOBS)[method])
-    return spec.build(tiny_vit(4), 4, cfg, BuildContext(None, CPU)).train()
+    return spec.build(make_vit(4), 4, cfg, BuildContext(None, CPU)).train()
 
 
 def _batches(n: int) -> Batches:
@@ -50,8 +49,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
 @pytest.mark.parametrize("method", ["vpt_deep", "ship"])  # ship: its matching loss is masked as well
-def test_padded_batch_gives_the_gradients_of_the_short_batch(method, grad_accum):
-    model = _model(method)
+def test_padded_batch_gives_the_gradients_of_the_short_batch(make_tiny_vit, method, grad_accum):
+    model = _model(make_tiny_vit, method)
     twin = copy.deepcopy(model)
     cfg = TrainConfig(batch_size=8, grad_accum=grad_accum)
     x, y = _batches(5).batch(np.arange(5))
@@ -93,11 +92,11 @@ def counting_compiler(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["vpt_deep", "ship", "ship_masked"])
-def test_a_compiled_run_compiles_once_and_the_next_run_not_at_all(method, counting_compiler):
+def test_a_compiled_run_compiles_once_and_the_next_run_not_at_all(make_tiny_vit, method, counting_compiler):
     train_b, eval_b = _batches(20), _batches(11)  # batch 8: short last batches of 4 (train) and 3 (eval)
     cfg = TrainConfig(epochs=3, batch_size=8, eval_batch_size=8, warmup_epochs=1, lr=0.01, compile="true")
     for run in range(2):  # two runs of a sweep: fresh models of the same method, backbone and classes
-        model = _model(method, COMPILED_KNOBS)
+        model = _model(make_tiny_vit, method, COMPILED_KNOBS)
         result = train(model, train_b, cfg, CPU, seed=run)
         top1 = evaluate(model, eval_b, cfg.eval_batch_size, "fp32", CPU, compile=True)
         assert result.epochs_done == 3 and 0 <= top1 <= 100
@@ -128,8 +127,8 @@ def test_a_compiled_sweep_reuses_its_graphs_and_records_compile(vtab_root, tmp_p
         assert 0 < m["first_step_s"] <= m["wall_s"]["train"]  # the compilation is inside the training time
 
 
-def test_compiled_evaluation_pads_and_drops_the_padding(counting_compiler):
-    model = _model("vpt_deep").eval()
+def test_compiled_evaluation_pads_and_drops_the_padding(make_tiny_vit, counting_compiler):
+    model = _model(make_tiny_vit, "vpt_deep").eval()
     b = _batches(10)
     with torch.no_grad():
         x, y = b.batch(np.arange(10))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import tiny_vit
 from timm.models import vision_transformer as vt
 
 from peftbench.backbone import _load_file_into, embed_tokens, logits_from_tokens
@@ -32,8 +31,8 @@ def test_installed_timm_is_in_the_pinned_range():
     assert timm.__version__ in spec.specifier, f"timm {timm.__version__} is outside the tested range {spec}"
 
 
-def test_token_seams_reproduce_the_models_own_forward():
-    vit = tiny_vit().eval()
+def test_token_seams_reproduce_the_models_own_forward(make_tiny_vit):
+    vit = make_tiny_vit().eval()
     for attr in ("_pos_embed", "patch_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head",
                  "num_prefix_tokens"):
         assert hasattr(vit, attr), _seam_changed(f"VisionTransformer.{attr} is gone")
@@ -46,11 +45,11 @@ def test_token_seams_reproduce_the_models_own_forward():
         assert torch.allclose(ours, vit(x), atol=1e-6), _seam_changed("embed/blocks/head no longer equal forward()")
 
 
-def test_npz_loader_seam(tmp_path):
+def test_npz_loader_seam(make_tiny_vit, tmp_path):
     assert callable(getattr(vt, "_load_weights", None)), _seam_changed("vision_transformer._load_weights is gone")
     params = list(inspect.signature(vt._load_weights).parameters)
     assert params[:2] == ["model", "checkpoint_path"], _seam_changed(f"_load_weights{tuple(params)}")
     path = tmp_path / "empty.npz"
     np.savez(path, unrelated=np.zeros(1))  # a valid archive without the big_vision keys
     with pytest.raises(CheckpointError, match=r"missing key|unreadable \.npz checkpoint: ValueError: .*JAX"):
-        _load_file_into(tiny_vit(num_classes=0), path, trust=False)
+        _load_file_into(make_tiny_vit(num_classes=0), path, trust=False)

@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 
 import peftbench.train as train_mod
 from peftbench.config import TrainConfig
@@ -27,10 +26,10 @@ def _batches(n: int = 40, classes: int = 4) -> Batches:
     return Batches(data, (32, 32), (0.5,) * 3, (0.5,) * 3, "bicubic", CPU)
 
 
-def _build(method: str):
+def _build(make_vit, method: str):
     spec = get_method(method)
     ctx = BuildContext(preprocess=None, device=CPU)
-    return spec.build(tiny_vit(4), 4, spec.config_cls(), ctx)
+    return spec.build(make_vit(4), 4, spec.config_cls(), ctx)
 
 
 def test_schedule_warmup_then_cosine():
@@ -49,21 +48,21 @@ def test_precision_defaults():
     assert effective_precision(TrainConfig(precision="fp32"), torch.device("cuda")) == "fp32"
 
 
-def test_feature_cache_only_where_only_the_classifier_trains():
+def test_feature_cache_only_where_only_the_classifier_trains(make_tiny_vit):
     cfg = TrainConfig()
-    assert uses_feature_cache(_build("linear"), cfg)
-    assert not uses_feature_cache(_build("linear"), TrainConfig(cache_features=False))
-    assert not uses_feature_cache(_build("full"), cfg)
+    assert uses_feature_cache(_build(make_tiny_vit, "linear"), cfg)
+    assert not uses_feature_cache(_build(make_tiny_vit, "linear"), TrainConfig(cache_features=False))
+    assert not uses_feature_cache(_build(make_tiny_vit, "full"), cfg)
     for name in ("vpt_deep", "vpt_shallow"):
-        assert not uses_feature_cache(_build(name), cfg)
-    model = _build("linear")
+        assert not uses_feature_cache(_build(make_tiny_vit, name), cfg)
+    model = _build(make_tiny_vit, "linear")
     model.vit.blocks[0].mlp.fc1.weight.requires_grad_(True)  # a trunk parameter that trains: no cache
     assert not uses_feature_cache(model, cfg)
 
 
-def test_linear_probe_feature_cache_matches_end_to_end():
+def test_linear_probe_feature_cache_matches_end_to_end(make_tiny_vit):
     batches = _batches()
-    model = _build("linear")
+    model = _build(make_tiny_vit, "linear")
     twin = copy.deepcopy(model)
     cfg = TrainConfig(epochs=3, batch_size=8, warmup_epochs=1, lr=0.05)
     fast = train(model, batches, cfg, CPU, seed=3)
@@ -74,7 +73,7 @@ def test_linear_probe_feature_cache_matches_end_to_end():
     assert evaluate(model, batches, 16, "fp32", CPU) == evaluate(twin, batches, 16, "fp32", CPU)
 
 
-def test_compile_gives_the_same_training(monkeypatch):
+def test_compile_gives_the_same_training(make_tiny_vit, monkeypatch):
     """--compile goes through dynamo's graph capture and AOT autograd: the same losses as eager.
 
     Inductor's code generation (~100 s of C++ compiling for this tiny model on 2 cores) is left
@@ -95,7 +94,7 @@ def test_compile_gives_the_same_training(monkeypatch):
     torch._dynamo.reset()
     batches = _batches(n=20)
     spec = get_method("vpt_deep")  # no prompt dropout: compiled code draws its random masks differently
-    model = spec.build(tiny_vit(4), 4, spec.config_cls(prompt_length=2, dropout=0.0), BuildContext(None, CPU))
+    model = spec.build(make_tiny_vit(4), 4, spec.config_cls(prompt_length=2, dropout=0.0), BuildContext(None, CPU))
     twin = copy.deepcopy(model)
     cfg = TrainConfig(epochs=2, batch_size=8, warmup_epochs=0, lr=0.01)
     eager = train(model, batches, cfg, CPU, seed=1)
@@ -117,9 +116,9 @@ class _ConstantAux(torch.nn.Module):
         return MethodOutput(logits, torch.tensor(self.aux)) if self.training else logits
 
 
-def test_auxiliary_loss_returned_by_forward_is_added_to_the_training_loss():
+def test_auxiliary_loss_returned_by_forward_is_added_to_the_training_loss(make_tiny_vit):
     spec = get_method("vpt_shallow")
-    model = spec.build(tiny_vit(4), 4, spec.config_cls(prompt_length=2, dropout=0.0), BuildContext(None, CPU))
+    model = spec.build(make_tiny_vit(4), 4, spec.config_cls(prompt_length=2, dropout=0.0), BuildContext(None, CPU))
     plain, extra = _ConstantAux(model, 0.0), _ConstantAux(copy.deepcopy(model), 5.0)
     cfg = TrainConfig(epochs=2, batch_size=8, warmup_epochs=0, lr=0.01)
     batches = _batches(n=16)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import concurrent_workers
 
 from peftbench import runner
 from peftbench.cli import main
@@ -192,7 +191,7 @@ def test_a_half_done_tune_resumes_and_a_larger_budget_only_adds(vtab_root, tmp_p
 
 
 @pytest.mark.slow
-def test_two_concurrent_tune_workers_run_each_trial_once(vtab_root, tmp_path, suite_file):
+def test_two_concurrent_tune_workers_run_each_trial_once(concurrent_workers, vtab_root, tmp_path, suite_file):
     out = tmp_path / "runs"
     trained = concurrent_workers(["tune", "--methods", "linear,vpt_shallow", "--tasks", "cifar,eurosat",
                                   "--data-root", str(vtab_root), "--suite-file", str(suite_file), "--out", str(out),
