@@ -32,11 +32,10 @@ def ctx(**kw) -> BuildContext:
     return BuildContext(preprocess=None, device=torch.device("cpu"), **kw)
 
 
-def tiny_vit(depth: int = 4, **kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    args = {"num_classes": NUM_CLASSES, "img_size": 32, "patch_size": 8, "embed_dim": WIDTH, "depth": depth,
-            "num_heads": 2, "mlp_ratio": 2.0}
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw})
+@pytest.fixture
+def tiny_vit(make_tiny_vit):
+    """The shared tiny ViT (width WIDTH), 4 blocks deep by default: SHIP's groups here start at blocks 0, 1, 3."""
+    return lambda depth=4, **kw: make_tiny_vit(NUM_CLASSES, depth=depth, **kw)
 
 
 def images(size: int = 32, batch: int = 2) -> torch.Tensor:
@@ -50,12 +49,12 @@ def bank_file(tmp_path: Path) -> str:
     return str(path)
 
 
-def tiny_ship(bank_file: str, vit: torch.nn.Module | None = None, **knobs) -> torch.nn.Module:
+def tiny_ship(make_vit, bank_file: str, vit: torch.nn.Module | None = None, **knobs) -> torch.nn.Module:
     knobs = {"layers": (0, 1, 3), "prompt_length": 3, "prototypes": bank_file, "matching_warmup": 0, **knobs}
     if knobs.get("hierarchy") is False:
         knobs.pop("layers")
     torch.manual_seed(0)
-    return build_ship(vit if vit is not None else tiny_vit(), NUM_CLASSES, ShipConfig(**knobs), ctx())
+    return build_ship(vit if vit is not None else make_vit(), NUM_CLASSES, ShipConfig(**knobs), ctx())
 
 
 # ---- the official products: grouping, counts, FLOPs ------------------------------------------
@@ -134,7 +133,7 @@ def test_cifar100_gflops_and_placeholder_bank(vit_b16):
     assert context.info["layers"] == [0, 2, 4, 6, 8, 11] and context.info["layers_source"] == "explicit"
 
 
-def test_official_affinity_file_groups_a_twelve_block_vit(tmp_path):
+def test_official_affinity_file_groups_a_twelve_block_vit(tiny_vit, tmp_path):
     context = ctx()
     affinity = str(AFFINITY / "cifar100.npy")
     model = build_ship(tiny_vit(depth=12), NUM_CLASSES, ShipConfig(affinity=affinity, share_threshold=0.93), context)
@@ -144,7 +143,7 @@ def test_official_affinity_file_groups_a_twelve_block_vit(tmp_path):
         build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(affinity=affinity), ctx())
 
 
-def test_without_layers_or_data_every_block_is_counted_with_a_note():
+def test_without_layers_or_data_every_block_is_counted_with_a_note(tiny_vit):
     """No training images and no published grouping (peftbench inspect without --task): the most
     prompts SHIP can select, said in a note, instead of an error (issue 17)."""
     context = ctx()
@@ -161,9 +160,9 @@ def test_config_validation(knobs, match):
         build_dataclass(ShipConfig, knobs, "method 'ship'")
 
 
-def test_layers_beyond_the_depth_are_refused(bank_file):
+def test_layers_beyond_the_depth_are_refused(tiny_vit, bank_file):
     with pytest.raises(UsageError, match="below 4"):
-        tiny_ship(bank_file, layers=(0, 7))
+        tiny_ship(tiny_vit, bank_file, layers=(0, 7))
 
 
 # ---- attention and forward ------------------------------------------------------------------
@@ -188,7 +187,7 @@ def reference_block(block, x, n, s, last):
 
 @pytest.mark.parametrize("last", [False, True])
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_decoupled_attention_equals_explicit_softmaxes(last, qk_norm):
+def test_decoupled_attention_equals_explicit_softmaxes(tiny_vit, last, qk_norm):
     block = tiny_vit(qk_norm=qk_norm).blocks[0].eval()
     if qk_norm:
         for norm in (block.attn.q_norm, block.attn.k_norm):
@@ -201,7 +200,7 @@ def test_decoupled_attention_equals_explicit_softmaxes(last, qk_norm):
     torch.testing.assert_close(got_logits, want_logits, atol=1e-5, rtol=1e-5)
 
 
-def test_only_the_last_blocks_prompt_queries_attend():
+def test_only_the_last_blocks_prompt_queries_attend(tiny_vit):
     block = tiny_vit().blocks[0].eval()
     x = torch.randn(2, 17 + 13, WIDTH, generator=torch.Generator().manual_seed(2))
     moved = x.clone()
@@ -214,8 +213,8 @@ def test_only_the_last_blocks_prompt_queries_attend():
         assert torch.allclose(joint, block(x), atol=1e-6)  # decoupling off = the block's own attention
 
 
-def test_token_layout_per_block(bank_file):
-    model = tiny_ship(bank_file).eval()  # groups start at 0, 1, 3; attribute prompts at 1 and 3
+def test_token_layout_per_block(tiny_vit, bank_file):
+    model = tiny_ship(tiny_vit, bank_file).eval()  # groups start at 0, 1, 3; attribute prompts at 1 and 3
     lengths = []
     hooks = [b.norm1.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1])) for b in model.vit.blocks]
     with torch.no_grad():
@@ -226,8 +225,8 @@ def test_token_layout_per_block(bank_file):
     assert lengths == [n + 3 + 10, n + 3 + 10 + 10, n + 3 + 10 + 10, n + 3 + 10 + 10]
 
 
-def test_matching_loss_is_returned_by_the_training_forward_after_warmup(bank_file):
-    model = tiny_ship(bank_file, matching_warmup=2).train()
+def test_matching_loss_is_returned_by_the_training_forward_after_warmup(tiny_vit, bank_file):
+    model = tiny_ship(tiny_vit, bank_file, matching_warmup=2).train()
     model.on_epoch_start(1, 5)
     out = model(images())
     assert isinstance(out, MethodOutput)
@@ -253,8 +252,8 @@ ABLATIONS = {  # knob -> change of the trainable count (D = 32, K = 3, 4 blocks,
 
 
 @pytest.mark.parametrize("knob", list(ABLATIONS))
-def test_each_ablation_switch(bank_file, knob):
-    full, ablated = tiny_ship(bank_file), tiny_ship(bank_file, **{knob: False})
+def test_each_ablation_switch(tiny_vit, bank_file, knob):
+    full, ablated = tiny_ship(tiny_vit, bank_file), tiny_ship(tiny_vit, bank_file, **{knob: False})
     assert count_params(ablated)["trainable_params"] - count_params(full)["trainable_params"] == ABLATIONS[knob]
     shared = {k: v for k, v in full.state_dict().items() if ablated.state_dict().get(k, v).shape == v.shape}
     ablated.load_state_dict(shared, strict=False)
@@ -270,8 +269,8 @@ def test_each_ablation_switch(bank_file, knob):
         assert ablated.prototypes is None
 
 
-def test_prompts_and_head_train_and_nothing_else(bank_file):
-    model = tiny_ship(bank_file).train()
+def test_prompts_and_head_train_and_nothing_else(tiny_vit, bank_file):
+    model = tiny_ship(tiny_vit, bank_file).train()
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     logits, aux = model(images())
@@ -285,14 +284,14 @@ def test_prompts_and_head_train_and_nothing_else(bank_file):
         assert torch.equal(value, frozen[name]) is (name not in trainable), name
 
 
-def test_backbone_runs_in_train_mode_like_the_official_code(bank_file):
-    assert tiny_ship(bank_file).train().vit.training
-    assert not tiny_ship(bank_file, backbone_train_mode=False).train().vit.training
+def test_backbone_runs_in_train_mode_like_the_official_code(tiny_vit, bank_file):
+    assert tiny_ship(tiny_vit, bank_file).train().vit.training
+    assert not tiny_ship(tiny_vit, bank_file, backbone_train_mode=False).train().vit.training
 
 
-def test_register_tokens_and_two_image_sizes(bank_file):
+def test_register_tokens_and_two_image_sizes(tiny_vit, bank_file):
     vit = tiny_vit(reg_tokens=4, dynamic_img_size=True)
-    model = tiny_ship(bank_file, vit=vit).train()
+    model = tiny_ship(tiny_vit, bank_file, vit=vit).train()
     for size in (32, 48):
         logits, aux = model(images(size))
         assert logits.shape == (2, NUM_CLASSES) and (aux > 0).all()
@@ -320,7 +319,7 @@ def test_layer_affinity_is_the_mean_per_image_cosine_matrix():
     np.testing.assert_allclose(layer_affinity(feats), np.mean(per_image, axis=0), atol=1e-6)
 
 
-def test_preparation_selects_layers_clusters_and_caches(tmp_path, monkeypatch):
+def test_preparation_selects_layers_clusters_and_caches(tiny_vit, tmp_path, monkeypatch):
     batches, cfg = synthetic_batches(40), ShipConfig(num_prototypes=8, prompt_length=2)
     first = ctx(train_batches=batches, cache_dir=tmp_path, backbone_checksum="tiny-vit")
     model = build_ship(tiny_vit(), NUM_CLASSES, cfg, first)
@@ -342,7 +341,7 @@ def test_preparation_selects_layers_clusters_and_caches(tmp_path, monkeypatch):
     assert torch.equal(again.prototypes, model.prototypes)
 
 
-def test_too_few_images_for_the_prototypes_is_a_clear_error():
+def test_too_few_images_for_the_prototypes_is_a_clear_error(tiny_vit):
     with pytest.raises(DataError, match=r"num_prototypes=200 training images, but the training split has 40"):
         build_ship(tiny_vit(), NUM_CLASSES, ShipConfig(), ctx(train_batches=synthetic_batches(40)))
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 from test_ship import NUM_CLASSES, WIDTH, images, tiny_ship
 
 from peftbench.errors import UsageError
@@ -23,9 +23,9 @@ def test_block_mask_layout():
 
 @pytest.mark.parametrize("last", [False, True])
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_masked_block_equals_split_block_forward_and_gradients(last, qk_norm):
+def test_masked_block_equals_split_block_forward_and_gradients(make_tiny_vit, last, qk_norm):
     torch.manual_seed(3)
-    blocks = {impl: tiny_vit(qk_norm=qk_norm).blocks[0].train() for impl in ("split", "masked")}
+    blocks = {impl: make_tiny_vit(qk_norm=qk_norm).blocks[0].train() for impl in ("split", "masked")}
     blocks["masked"].load_state_dict(blocks["split"].state_dict())
     x = torch.randn(2, 17 + 13, WIDTH, generator=torch.Generator().manual_seed(2))
     outs, grads = {}, {}
@@ -40,10 +40,11 @@ def test_masked_block_equals_split_block_forward_and_gradients(last, qk_norm):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_masked_model_equals_split_model(tmp_path):
+def test_masked_model_equals_split_model(make_tiny_vit, tmp_path):
     bank = tmp_path / "bank.npy"
     np.save(bank, np.random.default_rng(0).standard_normal((16, WIDTH)).astype(np.float32))
-    split = tiny_ship(str(bank), attention="split").train()
+    ship_vit = functools.partial(make_tiny_vit, NUM_CLASSES, depth=4)  # test_ship's tiny_vit
+    split = tiny_ship(ship_vit, str(bank), attention="split").train()
     masked = copy.deepcopy(split)
     masked.attention = "masked"
     x, y = images(), torch.tensor([0, 1])

@@ -153,7 +153,7 @@ def test_inspect_ship_with_a_task_uses_its_published_layers(capsys):
 
 
 @pytest.mark.parametrize("row", list(csv.DictReader((OFFICIAL / "hparams.csv").open())), ids=lambda r: r["task"])
-def test_every_vtab_task_gets_its_published_grouping_without_data(row):
+def test_every_vtab_task_gets_its_published_grouping_without_data(make_tiny_vit, row):
     """From the package's own copy of the affinity files and the suite's per-task threshold."""
     from peftbench.config import resolve
     from peftbench.data.tasks import resolve_tasks
@@ -168,15 +168,8 @@ def test_every_vtab_task_gets_its_published_grouping_without_data(row):
                         "official")
     (task,) = resolve_tasks(row["task"], "vtab1k")
     context = BuildContext(preprocess=None, device=torch.device("cpu"), task=task)
-    spec.build(_tiny_vit(depth=12), 5, cfg, context)
+    spec.build(make_tiny_vit(5, depth=12), 5, cfg, context)
     assert context.info["layers"] == [int(i) for i in row["prompt_layers"].split()]
-
-
-def _tiny_vit(depth: int) -> torch.nn.Module:
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
-                             embed_dim=32, depth=depth, num_heads=2, mlp_ratio=2.0)
 
 
 def test_inspect_ship_without_a_task_falls_back_to_every_block_with_a_note(capsys):

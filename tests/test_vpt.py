@@ -21,11 +21,10 @@ CTX = BuildContext(preprocess=None, device=torch.device("cpu"))
 NUM_CLASSES = 5
 
 
-def tiny_vit(**kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    args = {"pretrained": False, "num_classes": NUM_CLASSES, "img_size": 32, "patch_size": 8, "embed_dim": 32,
-            "depth": 2, "num_heads": 2}
-    return timm.create_model("vit_tiny_patch16_224", **{**args, **kwargs})
+@pytest.fixture
+def tiny_vit(make_tiny_vit):
+    """The shared tiny ViT with timm's default MLP ratio 4 (this file's models always had it)."""
+    return lambda **kw: make_tiny_vit(NUM_CLASSES, **{"mlp_ratio": 4.0, **kw})
 
 
 def images(vit: torch.nn.Module, batch: int = 2) -> torch.Tensor:
@@ -72,7 +71,7 @@ def test_gflops_vpt_deep_vit_b16(vit_b16):
     assert inference_gflops(deep(vit_b16, prompt_length=50), (224, 224), device="meta") == pytest.approx(44.4, abs=0.3)
 
 
-def test_prompt_length_zero_is_the_linear_probe():
+def test_prompt_length_zero_is_the_linear_probe(tiny_vit):
     vit = tiny_vit().eval()
     probe = build_linear(copy.deepcopy(vit), NUM_CLASSES, LinearConfig(), CTX).eval()
     x = images(vit)
@@ -82,7 +81,7 @@ def test_prompt_length_zero_is_the_linear_probe():
 
 
 @pytest.mark.parametrize("build", [deep, shallow])
-def test_only_prompts_and_head_train(build):
+def test_only_prompts_and_head_train(tiny_vit, build):
     model = build(tiny_vit(), prompt_length=3).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"prompts", "vit.head.weight", "vit.head.bias"}
@@ -106,7 +105,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS.values(), ids=VARIANTS.keys())
-def test_prompts_enter_after_prefix_tokens(kwargs):
+def test_prompts_enter_after_prefix_tokens(tiny_vit, kwargs):
     model = deep(tiny_vit(**kwargs), prompt_length=3).eval()
     vit, n, p = model.vit, model.vit.num_prefix_tokens, 3
     x = images(vit)
@@ -123,7 +122,7 @@ def test_prompts_enter_after_prefix_tokens(kwargs):
         assert torch.equal(block_in[:, :n], out[:, :n]) and torch.equal(block_in[:, n + p:], out[:, n + p:])
 
 
-def test_shallow_prompts_travel_through_all_blocks():
+def test_shallow_prompts_travel_through_all_blocks(tiny_vit):
     model = shallow(tiny_vit(reg_tokens=2, depth=3), prompt_length=3).eval()
     n = model.vit.num_prefix_tokens
     _, seen = record_blocks(model, images(model.vit))
@@ -133,7 +132,7 @@ def test_shallow_prompts_travel_through_all_blocks():
         assert torch.equal(block_in, out)
 
 
-def test_deep_layers_subset():
+def test_deep_layers_subset(tiny_vit):
     """Blocks before the first listed one see no prompts; unlisted later blocks carry them on."""
     model = deep(tiny_vit(depth=4), prompt_length=3, deep_layers=(3, 1)).eval()
     vit, n = model.vit, model.vit.num_prefix_tokens
@@ -146,7 +145,7 @@ def test_deep_layers_subset():
     assert torch.equal(seen[3][0][:, n:n + 3], model.prompts[1].expand(2, -1, -1))
 
 
-def test_deep_layers_zero_is_shallow():
+def test_deep_layers_zero_is_shallow(tiny_vit):
     vit = tiny_vit()
     a = deep(copy.deepcopy(vit), prompt_length=3, deep_layers=(0,)).eval()
     b = shallow(copy.deepcopy(vit), prompt_length=3).eval()
@@ -155,7 +154,7 @@ def test_deep_layers_zero_is_shallow():
     assert torch.equal(a(x), b(x))
 
 
-def test_prompts_stay_out_of_the_avg_pooled_feature():
+def test_prompts_stay_out_of_the_avg_pooled_feature(tiny_vit):
     model = shallow(tiny_vit(reg_tokens=2, global_pool="avg"), prompt_length=3).eval()
     vit, n = model.vit, model.vit.num_prefix_tokens
     x = images(vit)
@@ -172,7 +171,7 @@ def test_prompts_stay_out_of_the_avg_pooled_feature():
 
 
 @pytest.mark.parametrize("backbone_train_mode", [False, True])
-def test_backbone_mode_while_training(backbone_train_mode):
+def test_backbone_mode_while_training(tiny_vit, backbone_train_mode):
     model = deep(tiny_vit(), prompt_length=2, backbone_train_mode=backbone_train_mode).train()
     assert model.training
     assert all(m.training == backbone_train_mode for m in model.vit.modules())
@@ -180,7 +179,7 @@ def test_backbone_mode_while_training(backbone_train_mode):
     assert not any(m.training for m in model.modules())
 
 
-def test_prompt_dropout_only_while_training():
+def test_prompt_dropout_only_while_training(tiny_vit):
     model = deep(tiny_vit(), prompt_length=4, dropout=0.5)
     x = images(model.vit)
     model.eval()
@@ -189,7 +188,7 @@ def test_prompt_dropout_only_while_training():
     assert not torch.equal(model(x), model(x))
 
 
-def test_deep_layers_out_of_range():
+def test_deep_layers_out_of_range(tiny_vit):
     with pytest.raises(UsageError, match=r"deep_layers=\(0, 2\).*below 2.*valid: 0\.\.1"):
         deep(tiny_vit(depth=2), deep_layers=(0, 2))
 
