@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import concurrent_workers, tiny_vit
 
 from peftbench import records as records_mod
 from peftbench import runner as runner_mod
@@ -304,12 +303,12 @@ def test_failed_run_is_recorded_with_reason_and_provenance_is_complete(vtab_root
     assert done["seed"] == 1 and done["config"]["train"]["epochs"] == 1
 
 
-def test_grad_accum_gives_the_same_gradients():
+def test_grad_accum_gives_the_same_gradients(make_tiny_vit):
     torch.manual_seed(1)
     x, y = torch.randn(7, 3, 32, 32), torch.randint(0, 5, (7,))  # 7 = uneven micro-batches (4 + 3)
     grads = []
     for accum in (1, 2, 3):
-        model = tiny_vit()
+        model = make_tiny_vit()
         cfg = TrainConfig(grad_accum=accum, lr=1e-3)
         step = make_step(model, make_optimizer(model, cfg, torch.device("cpu")), cfg, autocast_factory("fp32", "cpu"))
         loss = step(x, y)
@@ -355,11 +354,22 @@ def test_claims_are_exclusive_and_released(tmp_path):
     again.release()
 
 
+def _poll(check, timeout: float = 10.0) -> None:
+    """Return as soon as ``check()`` holds, or after ``timeout`` s (the caller's assert then fails).
+
+    A deadline instead of a fixed sleep: fast when the heartbeat thread is prompt, no false failure
+    when a loaded machine delays it by more than a few intervals.
+    """
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_heartbeat_keeps_a_claim_alive(tmp_path):
     claims = Claims(tmp_path, "a", timeout=0.4)  # heartbeat every 0.1 s
     claim = claims.acquire("r1")
     os.utime(claims.path("r1"), (time.time() - 100, time.time() - 100))
-    time.sleep(0.5)
+    _poll(lambda: time.time() - claims.path("r1").stat().st_mtime < 0.4)  # the heartbeat touched it
     assert time.time() - claims.path("r1").stat().st_mtime < 0.4
     assert Claims(tmp_path, "b", timeout=0.4).acquire("r1") is None
     claim.release()
@@ -369,7 +379,7 @@ def test_a_worker_that_lost_its_claim_notices_and_leaves_the_new_one(tmp_path):
     claims = Claims(tmp_path, "slow", timeout=0.4)
     claim = claims.acquire("r1")
     _plant_claim(claims, "r1", age=0)  # what a takeover leaves: another file at the same path
-    time.sleep(0.3)
+    _poll(lambda: claim.lost)  # the next heartbeat (every 0.1 s) sees the other file
     assert claim.lost
     claim.release()
     assert claims.owner("r1")["worker"] == "ghost"
@@ -450,7 +460,7 @@ def test_run_finished_by_another_worker_just_before_our_claim_is_not_rerun(vtab_
 
 
 @pytest.mark.slow
-def test_four_workers_share_one_sweep_each_run_trained_once(vtab_root, tmp_path):
+def test_four_workers_share_one_sweep_each_run_trained_once(concurrent_workers, vtab_root, tmp_path):
     out = tmp_path / "runs"
     trained = concurrent_workers(["run", "--suite", "vtab1k", "--methods", "linear,full", "--tasks", "cifar,eurosat",
                                   "--seeds", "0,1", "--data-root", str(vtab_root), "--out", str(out), *BACKBONE,
