@@ -201,10 +201,33 @@ def local_worker_envs(workers: int | None) -> list[dict[str, str]]:
 def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callable[[str], None]) -> int:
     """N worker processes on this machine; returns once all have ended (Ctrl-C stops them all cleanly)."""
     envs = local_worker_envs(workers)
+    codes = _run_local_workers(wargv, out, envs, note)
+    if any(codes) and _lost_runs(out):
+        # a worker died and left runs that no one took over (the others had passed them while its claim was
+        # live): one more worker, once, takes the stale claims over
+        note("a worker died and left runs unfinished: one more local worker takes them over")
+        codes[len(codes):] = _run_local_workers(wargv, out, envs[:1], note, first=len(codes))
+    if any(codes) and every_run_complete(out):
+        note("every planned run of the sweep is complete (the lost runs were taken over)")
+        return 0
+    return max((abs(c) for c in codes), default=0)
+
+
+def _lost_runs(out: Path) -> bool:
+    """Runs of the sweep held by a dead worker (stale claims) or never started."""
+    from .status import sweep_status
+
+    counts = sweep_status(out)["counts"]
+    return bool(counts.get("stale") or counts.get("not_started"))
+
+
+def _run_local_workers(wargv: list[str], out: Path, envs: list[dict[str, str]], note: Callable[[str], None],
+                       first: int = 0) -> list[int]:
+    """Start one worker per environment (numbered from ``first``), wait for all; their exit codes."""
     logs = Path(out) / LOCAL_DIRNAME
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
-    for i, extra in enumerate(envs):
+    for i, extra in enumerate(envs, start=first):
         with open(logs / f"worker{i}.log", "a") as log:  # appended: a rerun keeps the earlier attempt's log
             log.write(f"=== worker {i} started {time.strftime('%Y-%m-%d %H:%M:%S')}: peftbench {' '.join(wargv)}\n")
             log.flush()  # the child keeps its own descriptor
@@ -222,13 +245,10 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
         for p in procs:
             p.wait()
         raise
-    for i, code in enumerate(codes):
+    for i, code in enumerate(codes, start=first):
         if code != 0:
             note(f"local worker {i} exited with code {code}; see {logs / f'worker{i}.log'}")
-    if any(codes) and every_run_complete(out):
-        note("every planned run of the sweep is complete (the other workers took the lost runs over)")
-        return 0
-    return max((abs(c) for c in codes), default=0)
+    return codes
 
 
 def every_run_complete(out: Path) -> bool:

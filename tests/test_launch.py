@@ -233,7 +233,7 @@ def test_local_workers_share_a_sweep_each_run_once(vtab_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_worker_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(vtab_root, tmp_path, capsys):
+def test_local_worker_killed_mid_run_is_taken_over_by_one_more_worker(vtab_root, tmp_path):
     out = tmp_path / "runs"
     sweep, sets = ["--methods", "full", "--tasks", "cifar,eurosat"], [*FAST, "epochs=40"]
     args = cli_args(vtab_root, out, sweep, sets, "--checkpoint-every", "1")
@@ -242,19 +242,20 @@ def test_local_worker_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes(
                                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        killed = kill_worker_mid_run(out, lambda: launcher.poll() is None)
-        text = launcher.communicate(timeout=60)[0]
+        kill_worker_mid_run(out, lambda: launcher.poll() is None)
+        text = launcher.communicate(timeout=420)[0]
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
-    assert launcher.returncode != 0 and "local worker 0 exited with code -9" in text, text
-    assert_stale_claim_shown(out, killed, 2, capsys)
-    rc, text = cli([*args, "--no-report", "--launcher", "local", "--workers", "1"], 420)
-    assert rc == 0, text
+    # the launcher saw its worker die with the run's claim, started one more worker, which took the stale
+    # claim over and finished both runs
+    assert "local worker 0 exited with code -9" in text, text
+    assert "one more local worker takes them over" in text and "local worker 1: pid" in text, text
+    assert launcher.returncode == 0 and "every planned run of the sweep is complete" in text, text
     trained_once(out, sorted((out / "_local").glob("worker*.log")), 2)
     recs = [json.loads(p.read_text()) for p in out.glob("*/*/*.json")]
     assert any(r["provenance"]["resumed_from_epoch"] > 0 for r in recs)  # the killed run went on from its checkpoint
-    all_complete(out, 2, report=False)
+    all_complete(out, 2, report=True)
 
 
 # --- a real Slurm cluster -------------------------------------------------------------------------------------------
