@@ -231,7 +231,7 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     suite = load_suite(suite_name, req.suite_file)
     points = _points(req, specs, tasks)
     sets = parse_sets(req.sets)
-    configs = {p: resolve(get_method(p.method), p.task, suite, sets + parse_sets(list(p.sets)), req.recipe)
+    configs = {p: resolve(get_method(p.method), p.task, suite, sets + list(p.sets), req.recipe)
                for p in points}
     data_root = _data_root(req, suite_name)
     for note in warmup_warnings(configs.values()):
