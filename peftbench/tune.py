@@ -17,13 +17,15 @@ import itertools
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .config import SHARED_RECIPE, TRAIN_KEYS, Suite, parse_sets
 from .data.tasks import resolve_tasks
 from .errors import UsageError
 from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of, sweep_methods
-from .records import find_record
+from .records import find_record, record_path, write_record
 from .registry import MethodSpec, get_method
 from .runner import run_sweep
 from .selection import choose, val_top1
@@ -50,7 +52,7 @@ class Candidate:
     def sets(self, method: str) -> tuple[tuple[str | None, str, Any], ...]:
         """The values as parsed settings ``(method or None, key, value)``, typed as searched: never
         written out as text and parsed again (a tuple of targets is not a comma-separated string)."""
-        return tuple((None if k in TRAIN_KEYS else method, k, _frozen(v)) for k, v in self.values)
+        return tuple((None if k in TRAIN_KEYS else method, k, v) for k, v in self.values)
 
 
 def _frozen(value: Any) -> Any:
@@ -89,7 +91,8 @@ def search_space(spec: MethodSpec, suite: Suite, pins: list[tuple[str | None, st
 
 def grid(space: dict[str, list[Any]]) -> list[Candidate]:
     keys = list(space)
-    return [Candidate(i, tuple(zip(keys, combo))) for i, combo in enumerate(itertools.product(*space.values()))]
+    return [Candidate(i, tuple(zip(keys, map(_frozen, combo))))
+            for i, combo in enumerate(itertools.product(*space.values()))]
 
 
 def subsample(candidates: list[Candidate], budget: int, key: str) -> list[Candidate]:
@@ -181,7 +184,21 @@ def run_tune(req: TuneRequest, reporter: Reporter | None = None) -> TuneResult:
         reporter.message(f"{method}/{task}: chose {_fmt(dict(cand.values))} (val200 top-1 {val_top1(best):.2f}%)")
     final_result = (_until_done(dataclasses.replace(sweep, points=finals), reporter, req.poll_s) if finals
                     else SweepResult())
+    _mark_chosen(sweep.out, final_result)
     return TuneResult(trials, final_result, budget, chosen, counts)
+
+
+def _mark_chosen(out: Path, finals: SweepResult) -> None:
+    """Stamp this tune's choice on its final records, also on those an earlier tune wrote and this one
+    reused: ``tune.trials`` (the trials compared) and ``tune.chosen_at``. The report takes the finals
+    chosen last, so after a re-run with another budget it shows what this tune chose, not an older pick."""
+    now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    for (point, _), run_id in finals.run_ids.items():
+        rec = find_record(out, run_id)
+        if rec is None or not record_path(out, rec).is_file():  # a record moved elsewhere stays as it is
+            continue
+        rec["tune"].update(trials=point.extra["trials"], chosen_at=now)
+        write_record(record_path(out, rec), rec)
 
 
 def tune_header(counts: dict[str, int], budget: int, tasks: int, final_seeds: int,

@@ -76,7 +76,7 @@ from .plots import (
 )
 from .setting import Layout, Setting, metric_name, setting_of, split_settings, task_layout
 from .stats import ONE_SEED_NOTE
-from .tuned import TunedTable, is_tuned, render_tuned, tuned_rows, tuned_tables
+from .tuned import TunedTable, is_tuned, render_tuned, tuned_json, tuned_rows, tuned_tables
 
 __all__ = [
     "BAR_SIZE", "DPI", "SCATTER_SIZE", "Average", "Cell", "Layout", "Row", "Setting", "Table", "heatmap_figsize",
@@ -148,10 +148,12 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
 def _write_files(folder: Path, tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
                  tuned: list[TunedTable]) -> None:
     (folder / "summary.md").write_text(render_markdown(tables, records, problems, runs_dir,
-                                                       tuned=render_tuned(tuned)))
+                                                       tuned=render_tuned(tuned), tuned_tables=len(tuned)))
     (folder / "summary.csv").write_text(summary_csv(tables))
-    (folder / "summary.json").write_text(json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
-                                                    indent=2, default=_json_default) + "\n")
+    data = summary_json(tables, records, problems, runs_dir)
+    if tuned:
+        data["tuned"] = tuned_json(tuned)
+    (folder / "summary.json").write_text(json.dumps(finite(data), indent=2, default=_json_default) + "\n")
     to_dataframe(records).to_csv(folder / "records.csv", index=False)
     pd.DataFrame([row for t in tables for row in pairwise_rows(t)],
                  columns=PAIRWISE_COLUMNS).to_csv(folder / "pairwise.csv", index=False)
