@@ -22,7 +22,8 @@ How the numbers are made (the rules a reader of the report needs):
 - A cell holds runs of one resolved configuration: the newest run's; runs of another
   configuration of the same method and task are superseded (counted in a note), never averaged in.
 - Runs of ``peftbench tune`` (trials and finals) appear only in the "Tuned" section
-  (``tuned.py``), recomputed from the records with the tune's own selection rule.
+  (``tuned.py``), recomputed from the records with the tune's own selection rule, among the trials
+  the latest tune compared (its finals name them); its tables name the weights like the others.
 - A cell (method × task) is the mean ± sample std over the seeds that completed. A cell with no
   completed seed is marked (``–`` no run, else its status) and left out of every mean; a cell
   that lost some seeds is marked ``†``. Footnotes name both kinds.
