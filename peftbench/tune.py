@@ -28,7 +28,7 @@ from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_
 from .records import find_record, record_path, write_record
 from .registry import MethodSpec, get_method
 from .runner import run_sweep
-from .selection import choose, val_top1
+from .selection import choose, fmt_value, val_top1
 from .util import did_you_mean
 
 DEFAULT_BUDGET = 8  # used when neither --budget nor the suite's tune.budget says otherwise
@@ -217,4 +217,4 @@ def tune_header(counts: dict[str, int], budget: int, tasks: int, final_seeds: in
 
 
 def _fmt(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in values.items())

@@ -172,11 +172,14 @@ def test_tuned_table_flags_random_init_and_lists_a_method_whose_trials_all_faile
 
 
 def test_pretrained_tuned_table_names_its_weights_without_the_flag():
-    runs = [record("bitfit", "trial", "t1", val=40.0, weights="/x/mini_vit.safetensors"),
-            record("bitfit", "final", "f1", test=42.0, weights="/x/mini_vit.safetensors")]
+    search = {"lr": 0.001, "targets": ["q", "k", "v"]}
+    runs = [record("lora", "trial", "t1", val=40.0, weights="/x/mini_vit.safetensors", search=search),
+            record("lora", "final", "f1", test=42.0, weights="/x/mini_vit.safetensors", search=search)]
     (table,) = tuned_tables(runs)
     assert table.title().startswith("vit_mini_patch8_32 (weights mini_vit.safetensors) · 32×32 px")
     assert tuned_rows([table])[0]["weights"] == "mini_vit.safetensors"
+    assert tuned_rows([table])[0]["chosen"] == "lr=0.001;targets=q,k,v"  # as written in --set
+    assert "| lora | digits | lr=0.001, targets=q,k,v | 40.00 |" in "\n".join(render_tuned([table]))
 
 
 def test_report_header_counts_tuned_tables_and_summary_json_holds_them(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data.tasks import suite_tasks
 from ..errors import UsageError
-from ..selection import choose, is_tune_record, search_values, val_top1
+from ..selection import choose, fmt_value, is_tune_record, search_values, val_top1
 from .setting import data_source_of
 
 
@@ -204,10 +204,6 @@ def _task_order(suite: str | None, tasks: set[str]) -> list[str]:
     return [t for t in order if t in tasks] + sorted(tasks - set(order))
 
 
-def _fmt_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _fmt_test(cell: TunedCell | None) -> str:
     if cell is None:
         return "–"
@@ -253,7 +249,7 @@ def render_tuned(tables: list[TunedTable]) -> list[str]:
                 cell = table.cells.get((method, task))
                 if cell is None:
                     continue
-                chosen = ", ".join(f"{k}={_fmt_value(v)}" for k, v in (cell.chosen or {}).items()) or "–"
+                chosen = ", ".join(f"{k}={fmt_value(v)}" for k, v in (cell.chosen or {}).items()) or "–"
                 val = f"{cell.chosen_val:.2f}" if cell.chosen_val is not None else "–"
                 out.append(f"| {method} | {task} | {chosen} | {val} | {cell.trials_scored}/{cell.trials} | "
                            f"{_fmt_test(cell)} | {len(cell.test)} |")
@@ -288,7 +284,7 @@ def tuned_rows(tables: list[TunedTable]) -> list[dict]:
         for (method, task), cell in sorted(table.cells.items()):
             rows.append({"table": number, "backbone": table.setting[1], "weights": table.weights,
                          "random_init": table.random_init, "method": method, "task": task,
-                         "chosen": ";".join(f"{k}={_fmt_value(v)}" for k, v in (cell.chosen or {}).items()),
+                         "chosen": ";".join(f"{k}={fmt_value(v)}" for k, v in (cell.chosen or {}).items()),
                          "val200_top1": cell.chosen_val, "trials": cell.trials, "trials_scored": cell.trials_scored,
                          "test_mean": cell.test_mean, "test_std": cell.test_std, "seeds": len(cell.test)})
     return rows
