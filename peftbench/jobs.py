@@ -30,13 +30,14 @@ from .train import EpochEnd, effective_precision, warmup_epochs
 class Point:
     """One configuration of one method on one task, with extra settings and a role (tune trials, finals).
 
-    ``sets`` are ``--set`` items on top of the request's own; ``role`` (e.g. "trial") goes into the
-    run id, so a tune's records never stand in for a plain run's; ``extra`` goes into the record only.
+    ``sets`` are parsed settings ``(method or None, key, value)`` with typed values, applied on top of
+    the request's ``--set`` items; ``role`` (e.g. "trial") goes into the run id, so a tune's records
+    never stand in for a plain run's; ``extra`` goes into the record only.
     """
 
     method: str
     task: str
-    sets: tuple[str, ...] = ()
+    sets: tuple[tuple[str | None, str, Any], ...] = ()
     seeds: tuple[int, ...] = (0,)
     role: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # stored under the record's "tune"
@@ -238,7 +239,13 @@ def sweep_header(suite: Suite, backbone: Backbone, device: torch.device, jobs: l
     epochs = sorted({job.tcfg.epochs for job in jobs})
     dev = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
     m, t, s = shape
+    configs = len({(job.spec.name, job.task.name, json.dumps(job.resolved, sort_keys=True, default=str))
+                   for job in jobs})
+    if configs != m * t:  # tune: several configurations of each method and task
+        s = f"{s} seed(s), {configs} configuration(s)"
+    else:
+        s = f"{s} seed(s)"
     return (f"suite {suite.name} ({suite_source(suite)}) | backbone {backbone.name}, weights {weights} "
             f"[{backbone.checksum[:8]}] | device {dev} | precision {'/'.join(precisions)} | "
-            f"epochs {'/'.join(map(str, epochs))} | {m} method(s) x {t} task(s) x {s} seed(s) = {len(jobs)} runs, "
+            f"epochs {'/'.join(map(str, epochs))} | {m} method(s) x {t} task(s) x {s} = {len(jobs)} runs, "
             f"{done} already done")

@@ -32,6 +32,7 @@ from .atomic import atomic_write  # records.atomic_write stays importable for ol
 from .errors import PeftbenchError
 
 SCHEMA_VERSION = 1
+NEWER = "written by a newer peftbench"  # how validate() words a record of a later schema
 TOOL = "peftbench"  # every record says who wrote it (records before this field are read by their shape)
 STATUSES = ("complete", "diverged", "oom", "failed")
 REQUIRED = ("run_id", "status", "method", "task", "seed", "config", "backbone", "data", "metrics", "provenance")
@@ -130,6 +131,8 @@ def validate(record: Any) -> str | None:
         return "not a JSON object"
     if record.get("tool", TOOL) != TOOL:
         return f"written by {record['tool']!r}, not {TOOL}"
+    if (newer := newer_schema(record)) is not None:
+        return newer
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         return "missing key(s): " + ", ".join(missing)
@@ -150,6 +153,37 @@ def validate(record: Any) -> str | None:
             where = key if section is None else f"{'config.train' if section == 'train' else section}.{key}"
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             return f"{where} = {shown}: must be {what}"
+    return _tune_problem(record.get("tune"))
+
+
+def newer_schema(record: dict) -> str | None:
+    """Why a record of a later schema than this version's cannot be read (None: it can)."""
+    schema = record.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        return f"schema = {schema!r}: must be an integer"
+    if schema > SCHEMA_VERSION:
+        return (f"{NEWER} (record schema {schema}; this version reads up to "
+                f"{SCHEMA_VERSION}): upgrade peftbench to use it")
+    return None
+
+
+def _tune_problem(tune: Any) -> str | None:
+    """The ``tune`` block of a trial or final (absent on plain runs): what its readers index into."""
+    if tune is None:
+        return None
+    if not isinstance(tune, dict):
+        return "tune must be an object"
+    if tune.get("role") not in ("trial", "final"):
+        return f"tune.role = {tune.get('role')!r}: must be 'trial' or 'final'"
+    if not isinstance(tune.get("search"), dict):
+        return "tune.search must be an object (the searched settings)"
+    for key in ("grid_index", "grid_size"):
+        if key in tune and not (_count(tune[key]) and isinstance(tune[key], int)):
+            return f"tune.{key} = {tune[key]!r}: must be a count"
+    if "chosen_at" in tune and not isinstance(tune["chosen_at"], str):
+        return "tune.chosen_at must be text (a time)"
+    if "trials" in tune and not (isinstance(tune["trials"], list) and all(isinstance(t, str) for t in tune["trials"])):
+        return "tune.trials must be a list of run ids"
     return None
 
 
@@ -211,15 +245,21 @@ def load_records(root: Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-def find_record(root: Path, run_id: str) -> dict | None:
-    """The valid record of a run, if one exists anywhere under ``root``."""
-    for path in Path(root).rglob(f"*-{run_id}.json"):
+def find_record(root: Path, run_id: str, problems: list[tuple[Path, str]] | None = None) -> dict | None:
+    """The valid record of a run, if one exists anywhere under ``root``. Files named like its record
+    that are not valid records are appended to ``problems`` as (path, why) when it is given."""
+    for path in sorted(Path(root).rglob(f"*-{run_id}.json")):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if problems is not None:
+                problems.append((path, f"unreadable JSON ({type(exc).__name__})"))
             continue
-        if validate(rec) is None and rec.get("run_id") == run_id:
+        why = validate(rec)
+        if why is None and rec.get("run_id") == run_id:
             return rec
+        if why is not None and problems is not None:
+            problems.append((path, why))
     return None
 
 

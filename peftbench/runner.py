@@ -58,7 +58,7 @@ from .measure import (
 )
 from .method_api import BuildContext
 from .provenance import provenance
-from .records import FINAL_STATUSES, SCHEMA_VERSION, TOOL, RecordError, find_record, record_path, write_record
+from .records import FINAL_STATUSES, NEWER, SCHEMA_VERSION, TOOL, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, get_method
 from .repro import pin_threads
 from .status import write_manifest
@@ -231,7 +231,7 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
     suite = load_suite(suite_name, req.suite_file)
     points = _points(req, specs, tasks)
     sets = parse_sets(req.sets)
-    configs = {p: resolve(get_method(p.method), p.task, suite, sets + parse_sets(list(p.sets)), req.recipe)
+    configs = {p: resolve(get_method(p.method), p.task, suite, sets + list(p.sets), req.recipe)
                for p in points}
     data_root = _data_root(req, suite_name)
     for note in warmup_warnings(configs.values()):
@@ -255,10 +255,23 @@ def plan_sweep(req: SweepRequest, reporter: Reporter) -> Plan:
             for t in tasks if protocols[t.name]}
     jobs = [_job(by_name[p.task], get_method(p.method), seed, configs[p], data[p.task], suite_name, backbone,
                  device, p) for p in points for seed in p.seeds]
-    done = sum(1 for job in jobs if (find_record(Path(req.out), job.run_id) or {}).get("status") in FINAL_STATUSES)
+    done = _existing(jobs, Path(req.out), reporter)
     shape = (len({p.method for p in points}), len(tasks), len({s for p in points for s in p.seeds}))
     reporter.message(sweep_header(suite, backbone, device, jobs, shape, done))
     return Plan(req, jobs, backbone, data, device, cache_dir, suite_name)
+
+
+def _existing(jobs: list[Job], out: Path, reporter: Reporter) -> int:
+    """How many jobs already have a final record. A damaged file in a job's place is named and its run
+    runs again; a record of a newer schema is refused (this version would overwrite what it cannot read)."""
+    problems: list[tuple[Path, str]] = []
+    done = sum(1 for job in jobs if (find_record(out, job.run_id, problems) or {}).get("status") in FINAL_STATUSES)
+    newer = [f"{path}: {why}" for path, why in problems if why.startswith(NEWER)]
+    if newer:
+        raise UsageError(newer[0] + (f" (and {len(newer) - 1} more such record(s))" if len(newer) > 1 else ""))
+    for path, why in problems:
+        reporter.message(f"warning: {path}: not a peftbench record ({why}); its run runs again")
+    return done
 
 
 def _points(req: SweepRequest, specs: list[MethodSpec], tasks: list[TaskSpec]) -> list[Point]:

@@ -46,3 +46,10 @@ def choose(trials: list[dict]) -> dict | None:
 def search_values(record: dict) -> dict[str, Any]:
     """The searched settings of a trial or final record (training keys and method knobs)."""
     return dict((record.get("tune") or {}).get("search") or {})
+
+
+def fmt_value(value: Any) -> str:
+    """A searched value as a user writes it in --set: 0.001, q,k,v (not ['q', 'k', 'v'])."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(fmt_value, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)

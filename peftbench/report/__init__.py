@@ -22,7 +22,8 @@ How the numbers are made (the rules a reader of the report needs):
 - A cell holds runs of one resolved configuration: the newest run's; runs of another
   configuration of the same method and task are superseded (counted in a note), never averaged in.
 - Runs of ``peftbench tune`` (trials and finals) appear only in the "Tuned" section
-  (``tuned.py``), recomputed from the records with the tune's own selection rule.
+  (``tuned.py``), recomputed from the records with the tune's own selection rule, among the trials
+  the latest tune compared (its finals name them); its tables name the weights like the others.
 - A cell (method × task) is the mean ± sample std over the seeds that completed. A cell with no
   completed seed is marked (``–`` no run, else its status) and left out of every mean; a cell
   that lost some seeds is marked ``†``. Footnotes name both kinds.
@@ -76,7 +77,7 @@ from .plots import (
 )
 from .setting import Layout, Setting, metric_name, setting_of, split_settings, task_layout
 from .stats import ONE_SEED_NOTE
-from .tuned import TunedTable, is_tuned, render_tuned, tuned_rows, tuned_tables
+from .tuned import TunedTable, is_tuned, render_tuned, tuned_json, tuned_rows, tuned_tables
 
 __all__ = [
     "BAR_SIZE", "DPI", "SCATTER_SIZE", "Average", "Cell", "Layout", "Row", "Setting", "Table", "heatmap_figsize",
@@ -148,10 +149,12 @@ def write_report(runs_dir: Path, out_dir: Path, reference: bool = True,
 def _write_files(folder: Path, tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
                  tuned: list[TunedTable]) -> None:
     (folder / "summary.md").write_text(render_markdown(tables, records, problems, runs_dir,
-                                                       tuned=render_tuned(tuned)))
+                                                       tuned=render_tuned(tuned), tuned_tables=len(tuned)))
     (folder / "summary.csv").write_text(summary_csv(tables))
-    (folder / "summary.json").write_text(json.dumps(finite(summary_json(tables, records, problems, runs_dir)),
-                                                    indent=2, default=_json_default) + "\n")
+    data = summary_json(tables, records, problems, runs_dir)
+    if tuned:
+        data["tuned"] = tuned_json(tuned)
+    (folder / "summary.json").write_text(json.dumps(finite(data), indent=2, default=_json_default) + "\n")
     to_dataframe(records).to_csv(folder / "records.csv", index=False)
     pd.DataFrame([row for t in tables for row in pairwise_rows(t)],
                  columns=PAIRWISE_COLUMNS).to_csv(folder / "pairwise.csv", index=False)

@@ -132,12 +132,14 @@ _PLOT_CAPTIONS = {
 
 
 def render_markdown(tables: list[Table], records: list[dict], problems: list[str], runs_dir: Path,
-                    generated: str | None = None, tuned: list[str] | None = None) -> str:
+                    generated: str | None = None, tuned: list[str] | None = None, tuned_tables: int = 0) -> str:
     """The whole summary.md (pure: tables and records in, text out)."""
     generated = generated or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     counts = status_counts(records)
+    where = (f"{len(tables)} fixed-recipe table(s) and {tuned_tables} tuned table(s)" if tuned_tables
+             else f"{len(tables)} table(s)")
     out = ["# peftbench report", "",
-           f"Generated {generated} from `{runs_dir}`: {len(records)} record(s) in {len(tables)} table(s) — "
+           f"Generated {generated} from `{runs_dir}`: {len(records)} record(s) in {where} — "
            + ", ".join(f"{n} {s}" for s, n in counts.items())
            + ("; some files were skipped (see Skipped files)." if problems else "."), ""]
     if len(tables) > 1:
