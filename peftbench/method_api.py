@@ -68,6 +68,10 @@ class RunFacts:
     prefix_tokens: int  # class token and registers
     depth: int  # transformer blocks
     epochs: int
+    width: int = 0  # embedding width of the tokens (0: not known)
+    # (path, weight shape) of every backbone module with a weight, the classifier excepted: what a method
+    # that adapts modules by name (the peft family) checks its targets and their widths against
+    modules: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 class MethodOutput(NamedTuple):
