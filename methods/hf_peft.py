@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import re
 import warnings
 from collections.abc import Callable
@@ -111,10 +112,11 @@ class PeftOFTConfig(PeftKnobs):
 class PeftBOFTConfig(PeftKnobs):
     boft_block_size: int = field(default=4, metadata={
         "help": "butterfly block size (divides the targets' input width)", "search": [2, 4, 8, 16]})
-    # not searched: without peft's CUDA extension (compiled on first use, CUDA only) peft runs 1 whatever is set
+    # searched at 1 only: without peft's CUDA extension (compiled on first use, CUDA only) peft runs 1 whatever
+    # is set, so a 2 would repeat the trial of a 1
     boft_n_butterfly_factor: int = field(default=1, metadata={
         "help": "butterfly factors; peft uses 1 without its CUDA extension (the record's method_info.adjusted "
-                "says so)"})
+                "says so)", "search": [1]})
     boft_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks",
                                                               "search": [0.0, 0.1]})
     target_modules: tuple[str, ...] = _targets(("qkv",))
@@ -195,11 +197,18 @@ def _inject(name: str, peft_class: str, cfg, model: nn.Module, targets: list[str
     """peft.get_peft_model, its refusals as one line naming the method."""
     import peft
 
+    # BOFT tries to compile a CUDA kernel, and torch's extension loader logs a warning line when there is no
+    # CUDA: not a problem of the run (the record states the factor used), so not shown
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
     try:
         return peft.get_peft_model(model, _peft_config(peft_class, cfg, targets))
     except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"{name}: peft rejected the configuration: {first}") from exc
+    finally:
+        cpp_log.setLevel(level)
 
 
 def used_values(model: nn.Module, cfg) -> dict[str, list]:

@@ -47,7 +47,13 @@ def run_facts(task: TaskSpec, tcfg: TrainConfig, lists: TaskLists, backbone: Bac
     return RunFacts(task=task.name, num_classes=task.num_classes, train_size=len(lists.splits[train_split]),
                     img_size=backbone.preprocess.img_size, image_tokens=geometry["image_tokens"],
                     prefix_tokens=geometry["prefix_tokens"], depth=geometry["depth"], epochs=tcfg.epochs,
-                    width=geometry.get("width", 0), modules=backbone_modules(backbone))
+                    width=geometry.get("width", 0),
+                    modules=backbone_modules(backbone) + _classifier(task.num_classes, geometry.get("width", 0)))
+
+
+def _classifier(num_classes: int, width: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The task's classifier (a timm ViT's ``head``, made per task, so not in the backbone's state dict)."""
+    return (("head", (num_classes, width)),) if width else ()
 
 
 def backbone_modules(backbone: Backbone) -> tuple[tuple[str, tuple[int, ...]], ...]:
