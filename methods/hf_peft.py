@@ -204,11 +204,15 @@ def _inject(name: str, peft_class: str, cfg, model: nn.Module, targets: list[str
     cpp_log.setLevel(logging.ERROR)
     try:
         return peft.get_peft_model(model, _peft_config(peft_class, cfg, targets))
-    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"{name}: peft rejected the configuration: {first}") from exc
     finally:
         cpp_log.setLevel(level)
+
+
+# peft's warnings about values it replaced: the record's method_info.adjusted and notices state them instead
+_ADJUSTED = r"Invalid `(oft_block_size|r)`|Failed to load the CUDA extension|Setting boft_n_butterfly_factor"
 
 
 def used_values(model: nn.Module, cfg) -> dict[str, list]:
@@ -275,10 +279,12 @@ def _dry_run(method: str, peft_class: str, cfg, modules: tuple[tuple[str, tuple[
     root, paths = _stand_in(modules, cfg.target_modules)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft's notes on adjusted values: the record states them
+            warnings.filterwarnings("ignore", message=_ADJUSTED)
             model = _inject(method, peft_class, cfg, root, paths)
     except UsageError as exc:
         return [str(exc)], {}
+    except RuntimeError as exc:  # a refusal peft did not foresee (the stand-ins are small, on the CPU)
+        return [f"{method}: peft cannot build these settings: {exc}".splitlines()[0]], {}
     return [], used_values(model, cfg)
 
 
@@ -286,7 +292,7 @@ def _peft_builder(name: str, peft_class: str) -> Callable[..., nn.Module]:
     def build(backbone: nn.Module, num_classes: int, cfg, ctx: BuildContext) -> nn.Module:
         targets = resolve_targets(backbone, cfg.target_modules, name)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft's notes on values it adjusted: recorded below instead
+            warnings.filterwarnings("ignore", message=_ADJUSTED)  # recorded below instead
             model = _inject(name, peft_class, cfg, backbone, targets)
         adjusted = used_values(model, cfg)
         if adjusted:

@@ -65,6 +65,8 @@ def inference_model(model: nn.Module) -> Inference:
         try:
             with torch.no_grad():
                 return Inference(model.merge(), True)
+        except torch.cuda.OutOfMemoryError:  # the run's own fate (status oom), not a bug of the method
+            raise
         except Exception as exc:  # a method's (a plugin's) bug: the run is still measured, unmerged
             return Inference(model, False, exc)
     return Inference(model, False)
