@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 
 import pytest
 import timm
@@ -149,7 +150,10 @@ def test_adjusted_values_are_in_method_info_and_notices(mini, method, knob, valu
 def test_boft_butterfly_factor_without_cuda_extension_is_recorded_as_1(mini):
     from peft.tuners.boft import layer as boft_layer
 
-    if boft_layer.get_fbd_cuda() is not None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft says it failed to build its CUDA kernel: what this test is about
+        extension = boft_layer.get_fbd_cuda()
+    if extension is not None:
         pytest.skip("peft's BOFT CUDA extension is available here: it uses the factor as set")
     bb, facts = mini
     _, mcfg = _preflight("peft_boft", {"boft_n_butterfly_factor": 2}, facts)
