@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel, train_head
+from peftbench.method_api import BuildContext, FrozenBackboneModel, RunFacts, train_head
 from peftbench.registry import register_method
 
 
@@ -40,8 +43,36 @@ def _targets(default: tuple[str, ...]):
         "help": "modules to adapt, by the last part of their name (e.g. qkv, proj, fc1, fc2, norm1)"})
 
 
+class PeftKnobs:
+    """What the peft configs share: their limits, checked when the settings are read (``__post_init__``:
+    every int knob is a size or count, at least 1; a dropout is in [0, 1); some target) and, before any run
+    of a sweep, against the backbone's modules (``check``: peft's own verdict on the targets' widths).
+
+    ``METHOD`` and ``PEFT_CLASS`` (the name it is registered under, the ``peft`` config class) are set by
+    the registration at the end of this file."""
+
+    METHOD: ClassVar[str] = ""
+    PEFT_CLASS: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise UsageError(f"{self.METHOD}.{f.name}={value}: must be at least 1")
+            if f.name.endswith("dropout") and not 0.0 <= value < 1.0:
+                raise UsageError(f"{self.METHOD}.{f.name}={value}: must be in [0, 1)")
+        if not self.target_modules:  # type: ignore[attr-defined]
+            raise UsageError(f"{self.METHOD}.target_modules: give at least one module name")
+
+    def check(self, facts: RunFacts) -> list[str]:
+        """peft's verdict on these settings for the backbone's modules, from a dry run on stand-ins."""
+        if not facts.modules:  # a caller that knows no module shapes: nothing to check against
+            return []
+        return list(dry_run(self.METHOD, self.PEFT_CLASS, self, facts.modules)[0])
+
+
 @dataclass
-class PeftLoraConfig:
+class PeftLoraConfig(PeftKnobs):
     r: int = field(default=8, metadata={"help": "LoRA rank", "search": [1, 2, 4, 8, 16, 32]})
     lora_alpha: int = field(default=8, metadata={"help": "scale alpha (update x alpha / r)",
                                                  "search": [4, 8, 16, 32]})
@@ -56,16 +87,19 @@ class PeftDoraConfig(PeftLoraConfig):
 
 
 @dataclass
-class PeftIA3Config:
+class PeftIA3Config(PeftKnobs):
     target_modules: tuple[str, ...] = _targets(("qkv", "fc2"))
     feedforward_modules: tuple[str, ...] = field(default=("fc2",), metadata={
         "help": "targets whose input (not output) is rescaled, as IA3 does for the MLP"})
 
 
 @dataclass
-class PeftOFTConfig:
+class PeftOFTConfig(PeftKnobs):
+    # searched: sizes dividing every width that is a multiple of 32 (peft replaces a size that does not
+    # divide a target's input width by the nearest one that does, e.g. 64 -> 48 at width 96)
     oft_block_size: int = field(default=32, metadata={
-        "help": "size of the orthogonal blocks (divides the targets' input width)", "search": [8, 16, 32, 64]})
+        "help": "size of the orthogonal blocks; peft uses the nearest divisor of a target's input width "
+                "(the record's method_info.adjusted says so)", "search": [8, 16, 32]})
     module_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks",
                                                                 "search": [0.0, 0.1]})
     coft: bool = field(default=False, metadata={"help": "constrained OFT", "search": [False, True]})
@@ -75,16 +109,21 @@ class PeftOFTConfig:
 
 
 @dataclass
-class PeftBOFTConfig:
-    boft_block_size: int = field(default=4, metadata={"help": "butterfly block size", "search": [2, 4, 8, 16]})
-    boft_n_butterfly_factor: int = field(default=1, metadata={"help": "butterfly factors", "search": [1, 2]})
+class PeftBOFTConfig(PeftKnobs):
+    boft_block_size: int = field(default=4, metadata={
+        "help": "butterfly block size (divides the targets' input width)", "search": [2, 4, 8, 16]})
+    # searched at 1 only: without peft's CUDA extension (compiled on first use, CUDA only) peft runs 1 whatever
+    # is set, so a 2 would repeat the trial of a 1
+    boft_n_butterfly_factor: int = field(default=1, metadata={
+        "help": "butterfly factors; peft uses 1 without its CUDA extension (the record's method_info.adjusted "
+                "says so)", "search": [1]})
     boft_dropout: float = field(default=0.0, metadata={"help": "multiplicative dropout of blocks",
                                                               "search": [0.0, 0.1]})
     target_modules: tuple[str, ...] = _targets(("qkv",))
 
 
 @dataclass
-class PeftVeraConfig:
+class PeftVeraConfig(PeftKnobs):
     r: int = field(default=256, metadata={"help": "rank of the shared frozen random projections",
                                           "search": [64, 128, 256, 512]})
     vera_dropout: float = field(default=0.0, metadata={"help": "dropout on the VeRA input",
@@ -93,7 +132,7 @@ class PeftVeraConfig:
 
 
 @dataclass
-class PeftLNConfig:
+class PeftLNConfig(PeftKnobs):
     target_modules: tuple[str, ...] = _targets(("norm1", "norm2", "norm"))
 
 
@@ -129,30 +168,139 @@ def resolve_targets(vit: nn.Module, names: tuple[str, ...], method: str) -> list
     found = [path for path, m in vit.named_modules()
              if path.rsplit(".", 1)[-1] in names and any(True for _ in m.parameters(recurse=False))]
     if not found:
-        raise UsageError(f"{method}.target_modules={','.join(names)}: no module of the backbone with weights "
-                         "has such a name")
+        raise UsageError(_no_target(method, names))
     return found
+
+
+def _no_target(method: str, names: tuple[str, ...]) -> str:
+    return (f"{method}.target_modules={','.join(names)}: no module of the backbone with weights has such a name")
 
 
 def _exactly(paths: list[str]) -> str:
     return "|".join(re.escape(p) for p in paths)
 
 
+def _peft_config(peft_class: str, cfg, targets: list[str]):
+    """peft's config object for ``cfg``, its targets given as the full paths ``targets``."""
+    import peft  # lazily: it imports transformers
+
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    # full paths as one regex: peft would match a plain name list by suffix ("norm" -> "attn.norm")
+    kwargs["target_modules"] = _exactly(targets)
+    if "feedforward_modules" in kwargs:
+        kwargs["feedforward_modules"] = _exactly([t for t in targets
+                                                  if t.rsplit(".", 1)[-1] in cfg.feedforward_modules])
+    return getattr(peft, peft_class)(**kwargs)
+
+
+def _inject(name: str, peft_class: str, cfg, model: nn.Module, targets: list[str]) -> nn.Module:
+    """peft.get_peft_model, its refusals as one line naming the method."""
+    import peft
+
+    # BOFT tries to compile a CUDA kernel, and torch's extension loader logs a warning line when there is no
+    # CUDA: not a problem of the run (the record states the factor used), so not shown
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
+    try:
+        return peft.get_peft_model(model, _peft_config(peft_class, cfg, targets))
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{name}: peft rejected the configuration: {first}") from exc
+    finally:
+        cpp_log.setLevel(level)
+
+
+# peft's warnings about values it replaced: the record's method_info.adjusted and notices state them instead
+_ADJUSTED = r"Invalid `(oft_block_size|r)`|Failed to load the CUDA extension|Setting boft_n_butterfly_factor"
+
+
+def used_values(model: nn.Module, cfg) -> dict[str, list]:
+    """The values of ``cfg``'s knobs that peft's layers actually use, where they differ from the setting:
+    knob -> the sorted distinct values over the adapted layers. peft adjusts some silently (an OFT block
+    size that does not divide a layer's width; BOFT's butterfly factors without its CUDA extension)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    seen: dict[str, set] = {}
+    for layer in model.modules():
+        if not isinstance(layer, BaseTunerLayer):
+            continue
+        for f in dataclasses.fields(cfg):
+            stored = getattr(layer, f.name, None)
+            if f.name == "boft_n_butterfly_factor" and isinstance(getattr(layer, "boft_R", None), nn.ParameterDict):
+                stored = {k: v.shape[0] for k, v in layer.boft_R.items()}  # one rotation per factor
+            if isinstance(stored, dict):
+                seen.setdefault(f.name, set()).update(v for v in stored.values() if isinstance(v, (int, float)))
+    return {k: sorted(v) for k, v in seen.items() if v and v != {getattr(cfg, k)}}
+
+
+def _stand_in(modules: tuple[tuple[str, tuple[int, ...]], ...], names: tuple[str, ...]
+              ) -> tuple[nn.Module, list[str]]:
+    """Small modules with the shapes of the backbone's targets (one per distinct name and shape), and their
+    paths: what peft checks and adjusts depends on nothing else."""
+    parts: dict[tuple[str, tuple[int, ...]], nn.Module] = {}
+    for path, shape in modules:
+        name = path.rsplit(".", 1)[-1]
+        if name not in names or (name, shape) in parts:
+            continue
+        if len(shape) == 2:
+            parts[(name, shape)] = nn.Linear(shape[1], shape[0])
+        elif len(shape) == 4:
+            parts[(name, shape)] = nn.Conv2d(shape[1], shape[0], tuple(shape[2:]))  # type: ignore[arg-type]
+        elif len(shape) == 1:
+            parts[(name, shape)] = nn.LayerNorm(shape[0])
+    root = nn.Module()
+    paths = []
+    for i, ((name, _), module) in enumerate(parts.items()):
+        holder = nn.Module()
+        holder.add_module(name, module)
+        root.add_module(f"m{i}", holder)
+        paths.append(f"m{i}.{name}")
+    return root, paths
+
+
+_DRY_RUNS: dict[tuple, tuple[list[str], dict[str, list]]] = {}  # a sweep asks once per job: once is enough
+
+
+def dry_run(method: str, peft_class: str, cfg, modules: tuple[tuple[str, tuple[int, ...]], ...]
+            ) -> tuple[list[str], dict[str, list]]:
+    """-> (problems, knobs peft would adjust: see ``used_values``) of ``cfg`` on modules of these shapes."""
+    key = (method, repr(cfg), modules)
+    if key not in _DRY_RUNS:
+        _DRY_RUNS[key] = _dry_run(method, peft_class, cfg, modules)
+    return _DRY_RUNS[key]
+
+
+def _dry_run(method: str, peft_class: str, cfg, modules: tuple[tuple[str, tuple[int, ...]], ...]
+             ) -> tuple[list[str], dict[str, list]]:
+    present = {path.rsplit(".", 1)[-1] for path, _ in modules}
+    if not present & set(cfg.target_modules):
+        return [_no_target(method, cfg.target_modules)], {}
+    root, paths = _stand_in(modules, cfg.target_modules)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ADJUSTED)
+            model = _inject(method, peft_class, cfg, root, paths)
+    except UsageError as exc:
+        return [str(exc)], {}
+    except RuntimeError as exc:  # a refusal peft did not foresee (the stand-ins are small, on the CPU)
+        return [f"{method}: peft cannot build these settings: {exc}".splitlines()[0]], {}
+    return [], used_values(model, cfg)
+
+
 def _peft_builder(name: str, peft_class: str) -> Callable[..., nn.Module]:
     def build(backbone: nn.Module, num_classes: int, cfg, ctx: BuildContext) -> nn.Module:
-        import peft  # lazily: it imports transformers
-
-        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-        # full paths as one regex: peft would match a plain name list by suffix ("norm" -> "attn.norm")
         targets = resolve_targets(backbone, cfg.target_modules, name)
-        kwargs["target_modules"] = _exactly(targets)
-        if "feedforward_modules" in kwargs:
-            kwargs["feedforward_modules"] = _exactly([t for t in targets
-                                                      if t.rsplit(".", 1)[-1] in cfg.feedforward_modules])
-        try:
-            model = peft.get_peft_model(backbone, getattr(peft, peft_class)(**kwargs))
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{name}: peft rejected the configuration: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ADJUSTED)  # recorded below instead
+            model = _inject(name, peft_class, cfg, backbone, targets)
+        adjusted = used_values(model, cfg)
+        if adjusted:
+            ctx.info["adjusted"] = {k: {"set": getattr(cfg, k), "used": v[0] if len(v) == 1 else v}
+                                    for k, v in adjusted.items()}
+            ctx.notices += [f"{name}.{k}={getattr(cfg, k)}: peft used {', '.join(map(str, v))} instead (it "
+                            "adjusts values that the targeted layers' widths or its available kernels do not allow)"
+                            for k, v in adjusted.items()]
         train_head(backbone)  # peft froze everything else
         return PeftViT(model)
 
@@ -170,4 +318,5 @@ PEFT_METHODS = {
 }
 
 for _name, (_cls, _config, _description) in PEFT_METHODS.items():
+    _config.METHOD, _config.PEFT_CLASS = _name, _cls  # each class its own (PeftDoraConfig subclasses LoRA's)
     register_method(_name, config=_config, description=_description, family="peft")(_peft_builder(_name, _cls))

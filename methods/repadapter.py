@@ -42,7 +42,7 @@ from torch import nn
 
 from peftbench.adapt import Adaptation, MergeableViT, freeze_except_head, like
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, MethodOutput
+from peftbench.method_api import BuildContext, MethodOutput, RunFacts
 from peftbench.registry import register_method
 
 
@@ -70,6 +70,11 @@ class RepAdapterConfig:
             raise UsageError(f"repadapter.dropout={self.dropout}: must be in [0, 1)")
         if self.sparse_lambda < 0:
             raise UsageError(f"repadapter.sparse_lambda={self.sparse_lambda}: must be non-negative")
+
+    def check(self, facts: RunFacts) -> list[str]:
+        if facts.width and facts.width % self.groups:  # the adapted inputs (qkv's, fc1's) have the token width
+            return [f"repadapter.groups={self.groups} must divide the width {facts.width}"]
+        return []
 
 
 class RepAdapterLinear(Adaptation):

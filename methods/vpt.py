@@ -19,7 +19,7 @@ from torch import nn
 
 from peftbench.backbone import embed_tokens, logits_from_tokens
 from peftbench.errors import UsageError
-from peftbench.method_api import BuildContext, FrozenBackboneModel, freeze_except_head
+from peftbench.method_api import BuildContext, FrozenBackboneModel, RunFacts, freeze_except_head
 from peftbench.registry import register_method
 
 
@@ -58,6 +58,12 @@ class VPTDeepConfig(VPTShallowConfig):
             raise UsageError("deep_layers=(): list at least one block (or use the linear method)")
         if min(self.deep_layers) < 0 or len(set(self.deep_layers)) != len(self.deep_layers):
             raise UsageError(f"deep_layers={self.deep_layers}: block indices must be distinct and count from 0")
+
+    def check(self, facts: RunFacts) -> list[str]:
+        if self.deep_layers and max(self.deep_layers) >= facts.depth:
+            return [f"vpt_deep.deep_layers={self.deep_layers}: block indices must be below {facts.depth}, the depth "
+                    f"of this backbone (valid: 0..{facts.depth - 1})"]
+        return []
 
 
 class PromptedViT(FrozenBackboneModel):

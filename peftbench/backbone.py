@@ -50,7 +50,7 @@ class Backbone:
     preprocess: Preprocess
     img_size: int | None
     state_dict: dict[str, torch.Tensor] = field(repr=False)
-    geometry: dict[str, int] = field(default_factory=dict)  # image_tokens, prefix_tokens, depth (for checks)
+    geometry: dict[str, int] = field(default_factory=dict)  # image_tokens, prefix_tokens, depth, width (checks)
     timm_name: str | None = None  # what timm built: architecture.tag (a legacy name resolved)
     pretrained_tag: str | None = None
     file_sha256: str | None = None  # of the checkpoint file actually loaded (None: random init, or not found)
@@ -238,7 +238,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
                      mean=tuple(float(m) for m in cfg["mean"]), std=tuple(float(s) for s in cfg["std"]))
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     geometry = {"image_tokens": int(model.patch_embed.num_patches), "prefix_tokens": int(model.num_prefix_tokens),
-                "depth": len(model.blocks)}
+                "depth": len(model.blocks), "width": int(model.embed_dim)}
     return Backbone(name=name, weights=source, checksum=_state_checksum(sd), preprocess=pre,
                     img_size=img_size, state_dict=sd, geometry=geometry, timm_name=resolved.timm_name,
                     pretrained_tag=resolved.tag or None, file_sha256=file_sha256, build_name=timm_name)

@@ -12,8 +12,9 @@ from .backbones_meta import DEFAULT_BACKBONE
 from .config import Suite, TrainConfig, parse_sets, resolve
 from .data.images import default_cache_dir
 from .data.tasks import DEFAULT_SUITE, check_suite, infer_suite, resolve_tasks
+from .errors import PeftbenchError, UsageError
 from .jobs import load_suite, resolve_weights, suite_source
-from .measure import count_params, inference_gflops, inference_model, stored_per_task, tensor_ids
+from .measure import count_params, inference_gflops, inference_model, logits_problem, stored_per_task, tensor_ids
 from .method_api import BuildContext
 from .registry import get_method
 
@@ -41,14 +42,24 @@ def inspect_method(method: str, backbone: str | None = None, weights: str = "non
     shared = tensor_ids(vit)
     ctx = BuildContext(preprocess=bb.preprocess, device=torch.device("cpu"), backbone_checksum=bb.checksum,
                        cache_dir=default_cache_dir(), task=task_spec)
-    model = spec.build_on(backbone, vit, num_classes, mcfg, ctx)
-    merged_model, merged = inference_model(model)
+    try:
+        model = spec.build_on(backbone, vit, num_classes, mcfg, ctx)
+        problem = logits_problem(model, num_classes, bb.preprocess.img_size)
+    except PeftbenchError:
+        raise
+    except Exception as exc:  # a broken method (a plugin): one line, naming the plugin's code
+        raise UsageError(f"{method}: {type(exc).__name__}: {exc}{spec.blame(exc)}") from exc
+    if problem:
+        raise UsageError(f"method '{method}'{spec.origin}: {problem}")
+    merged_model, merged, merge_error = inference_model(model)
     out = {"method": method, "suite": suite_recipe.name, "suite_source": suite_source(suite_recipe), "task": name,
            "backbone": backbone, "weights": bb.weights, "num_classes": num_classes,
            "img_size": list(bb.preprocess.img_size), **count_params(model),
            "stored_per_task_params": stored_per_task(model, shared),
            "gflops": inference_gflops(merged_model, bb.preprocess.img_size), "merged": merged,
            "config": resolved["method"], "method_info": ctx.info, "notices": ctx.notices}
+    if merge_error is not None:
+        out["merge_error"] = f"{type(merge_error).__name__}: {merge_error}{spec.blame(merge_error)}"
     if merged:  # what the adaptation costs before it is folded in
         out["gflops_unmerged"] = inference_gflops(model, bb.preprocess.img_size)
     return out

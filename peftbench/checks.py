@@ -46,4 +46,18 @@ def run_facts(task: TaskSpec, tcfg: TrainConfig, lists: TaskLists, backbone: Bac
     geometry = backbone.geometry
     return RunFacts(task=task.name, num_classes=task.num_classes, train_size=len(lists.splits[train_split]),
                     img_size=backbone.preprocess.img_size, image_tokens=geometry["image_tokens"],
-                    prefix_tokens=geometry["prefix_tokens"], depth=geometry["depth"], epochs=tcfg.epochs)
+                    prefix_tokens=geometry["prefix_tokens"], depth=geometry["depth"], epochs=tcfg.epochs,
+                    width=geometry.get("width", 0),
+                    modules=backbone_modules(backbone) + _classifier(task.num_classes, geometry.get("width", 0)))
+
+
+def _classifier(num_classes: int, width: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The task's classifier (a timm ViT's ``head``, made per task, so not in the backbone's state dict)."""
+    return (("head", (num_classes, width)),) if width else ()
+
+
+def backbone_modules(backbone: Backbone) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(path, weight shape) of the backbone's modules with a weight, from its state dict (the classifier is
+    not in it: it is made per task)."""
+    return tuple((key[: -len(".weight")], tuple(value.shape)) for key, value in backbone.state_dict.items()
+                 if key.endswith(".weight"))

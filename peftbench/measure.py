@@ -11,7 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -49,13 +49,48 @@ def stored_per_task(model: nn.Module, backbone: frozenset[int]) -> int:
     return sum(t.numel() for t in state if t.requires_grad or id(t) not in backbone)
 
 
-def inference_model(model: nn.Module) -> tuple[nn.Module, bool]:
+class Inference(NamedTuple):
+    """The model inference cost is measured on, whether it is a merge, and why a merge failed (None: it did not)."""
+
+    model: nn.Module
+    merged: bool
+    merge_error: BaseException | None = None
+
+
+def inference_model(model: nn.Module) -> Inference:
     """The model inference cost is measured on: its ``merge()`` (adaptation folded into plain
-    backbone weights, what a user deploys) when the method offers one, else the model itself."""
+    backbone weights, what a user deploys) when the method offers one, else the model itself. A
+    ``merge()`` that raises leaves the model itself, with the exception to report."""
     if isinstance(model, Merges):
-        with torch.no_grad():
-            return model.merge(), True
-    return model, False
+        try:
+            with torch.no_grad():
+                return Inference(model.merge(), True)
+        except torch.cuda.OutOfMemoryError:  # the run's own fate (status oom), not a bug of the method
+            raise
+        except Exception as exc:  # a method's (a plugin's) bug: the run is still measured, unmerged
+            return Inference(model, False, exc)
+    return Inference(model, False)
+
+
+@torch.no_grad()
+def logits_problem(model: nn.Module, num_classes: int, img_size: tuple[int, int],
+                   device: torch.device | str = "cpu") -> str | None:
+    """What is wrong with the logits of an evaluation-mode forward on 2 images (None: nothing).
+
+    Every consumer relies on (images, classes) logits: a wrong shape would otherwise fail deep in the
+    loss, or worse, train and score silently on the wrong number of classes."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(2, 3, *img_size, device=device))
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        return f"its forward in evaluation mode returned {type(out).__name__}, not a tensor of logits"
+    if tuple(out.shape) != (2, num_classes):
+        return (f"its forward returned logits of shape {tuple(out.shape)} for 2 images; expected (2, {num_classes}), "
+                "(images, classes)")
+    return None
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """What a method's build function receives besides the backbone, and the hooks it may offer.
 
-A build function (:class:`BuildFn`) returns a module mapping normalised images to logits, with
+A build function (:class:`BuildFn`) returns a module mapping normalised images to logits of shape
+(images, classes) (checked once after the build: a wrong shape fails the run), with
 ``requires_grad`` set on exactly what it trains. In training mode its forward may instead return
 a :class:`MethodOutput`, the logits with an auxiliary loss that the loop adds to the
 cross-entropy (SHIP's matching loss); in evaluation mode it returns the logits alone, so every
@@ -22,7 +23,9 @@ methods/ship/ for data-dependent preparation). It holds:
   - :class:`ExemptsWeightDecay` ``no_weight_decay()`` -> parameter names excluded from weight decay;
   - :class:`Merges` ``merge()`` -> an ``nn.Module`` computing the same logits with the adaptation
     folded into plain backbone weights (LoRA, SSF, ...); inference GFLOPs and images/s are then
-    measured on it and the record says ``metrics.merged: true``. The trained model is left untouched;
+    measured on it and the record says ``metrics.merged: true``. The trained model is left untouched.
+    A ``merge()`` that raises (or whose logits have the wrong shape) leaves the unmerged model
+    measured, with ``metrics.merge_error`` and a notice in the record;
   - :class:`CachesFrozenFeatures` ``frozen_features(images)`` and ``classify(features)``: when the
     only trainable part acts on features that do not change during training, the loop may compute
     them once;
@@ -68,6 +71,14 @@ class RunFacts:
     prefix_tokens: int  # class token and registers
     depth: int  # transformer blocks
     epochs: int
+    width: int = 0  # embedding width of the tokens (0: not known)
+    # (path, weight shape) of every backbone module with a weight, the classifier excepted: what a method
+    # that adapts modules by name (the peft family) checks its targets and their widths against
+    modules: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+class MethodError(Exception):
+    """A method broke this contract (e.g. logits of the wrong shape): its run fails, the sweep goes on."""
 
 
 class MethodOutput(NamedTuple):

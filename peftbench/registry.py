@@ -8,9 +8,11 @@ point group or ``--plugin path.py``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,6 +34,23 @@ class MethodSpec:
     description: str
     family: str | None = None  # e.g. "vpt" for vpt_shallow and vpt_deep; None: the name itself
     version: int = 1  # bumped by the plugin when its behaviour changes; part of the run id
+    plugin: str | None = None  # the --plugin file (or entry point) that registered it; None: built in
+
+    @property
+    def origin(self) -> str:
+        """' (plugin FILE)' for a plugin's method, '' for a built-in one: appended to messages about it."""
+        return f" (plugin {self.plugin})" if self.plugin else ""
+
+    def blame(self, exc: BaseException) -> str:
+        """Where a plugin's code raised ``exc``: ' (raised in plugin FILE, line N, in FUNC)' from the innermost
+        frame of the traceback in the plugin's file; the plugin alone if no frame is there; '' if built in."""
+        if not self.plugin:
+            return ""
+        here = Path(self.plugin).resolve()
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == here]
+        if not frames:
+            return f" (method '{self.name}' from plugin {self.plugin})"
+        return f" (raised in plugin {self.plugin}, line {frames[-1].lineno}, in {frames[-1].name})"
 
     @property
     def family_name(self) -> str:
@@ -63,6 +82,12 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 _builtins_loaded = False
+_loading: str | None = None  # the plugin being imported: what its register_method calls are attributed to
+_plugins: dict[Path, str] = {}  # plugin files imported, resolved -> as given (each is imported once)
+
+
+class DuplicateMethod(ValueError):
+    """A name registered twice by different code."""
 
 
 def register_method(name: str, *, config: type, description: str, family: str | None = None, version: int = 1
@@ -79,9 +104,11 @@ def register_method(name: str, *, config: type, description: str, family: str | 
 
     def deco(fn: BuildFn) -> BuildFn:
         if name in _METHODS and _METHODS[name].build is not fn:
-            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].build.__module__})")
+            old = _METHODS[name]
+            by = f"plugin {old.plugin}" if old.plugin else f"the built-in {old.build.__module__}"
+            raise DuplicateMethod(f"method {name!r} is already registered (by {by}); give this one another name")
         _METHODS[name] = MethodSpec(name=name, build=fn, config_cls=config, description=description,
-                                    family=family, version=version)
+                                    family=family, version=version, plugin=_loading)
         return fn
 
     return deco
@@ -89,7 +116,7 @@ def register_method(name: str, *, config: type, description: str, family: str | 
 
 
 def _load_builtins() -> None:
-    global _builtins_loaded
+    global _builtins_loaded, _loading
     if _builtins_loaded:
         return
     _builtins_loaded = True
@@ -100,26 +127,43 @@ def _load_builtins() -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"peftbench.methods.{info.name}")
     for ep in metadata.entry_points(group="peftbench.methods"):
+        _loading = f"entry point {ep.name} ({ep.value})"
         try:
             ep.load()
         except Exception as exc:  # a broken third-party plugin must not hide the built-ins
             print(f"warning: plugin entry point {ep.name!r} failed to load: {exc}", file=sys.stderr)
+        finally:
+            _loading = None
 
 
 def load_plugin(path: str | Path) -> None:
-    """Import a user file that registers methods. This runs the file's code: it is trusted input."""
+    """Import a user file that registers methods. This runs the file's code: it is trusted input.
+
+    The built-ins are registered first, so a plugin reusing one of their names is the one refused; the
+    same file given twice is imported once."""
+    global _loading
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--plugin {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"peftbench_plugin_{path.stem}", path)
+    if path.resolve() in _plugins:
+        return
+    _load_builtins()
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]  # two files may share a stem
+    spec = importlib.util.spec_from_file_location(f"peftbench_plugin_{path.stem}_{digest}", path)
     if spec is None or spec.loader is None:
         raise UsageError(f"--plugin {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    _loading = str(path)
     try:
         spec.loader.exec_module(module)
+    except DuplicateMethod as exc:
+        raise UsageError(f"--plugin {path}: {exc}") from exc
     except Exception as exc:
         raise UsageError(f"--plugin {path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _loading = None
+    _plugins[path.resolve()] = str(path)
 
 
 def available_methods() -> list[str]:

@@ -52,11 +52,12 @@ from .measure import (
     count_params,
     inference_gflops,
     inference_model,
+    logits_problem,
     measure_throughput,
     stored_per_task,
     tensor_ids,
 )
-from .method_api import BuildContext
+from .method_api import BuildContext, MethodError
 from .provenance import provenance
 from .records import FINAL_STATUSES, NEWER, SCHEMA_VERSION, TOOL, RecordError, find_record, record_path, write_record
 from .registry import MethodSpec, get_method
@@ -169,13 +170,16 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     t0 = time.perf_counter()
     model, ctx, stored = _build(spec, task, tcfg, mcfg, backbone, device, cache_dir, batches[0], reporter)
     wall["prepare"] = time.perf_counter() - t0
-    merged_model, merged = inference_model(model)
+    merged_model, merged, merge_error = _inference(spec, model, task.num_classes, backbone, device)
     metrics: dict[str, Any] = {**count_params(model), "stored_per_task_params": stored, "precision": precision,
                                "compiled": effective_compile(tcfg, device),
-                               "merged": merged,
+                               "merged": merged, **({"merge_error": merge_error} if merge_error else {}),
                                "gflops": inference_gflops(merged_model, backbone.preprocess.img_size, device),
                                "warmup_epochs": warmup_epochs(tcfg),
                                "warmup_scaled": warmup_epochs(tcfg) != tcfg.warmup_epochs}
+    if merge_error:
+        ctx.notices.append(f"{spec.name}: merge() failed ({merge_error}); inference GFLOPs and images/s are of the "
+                           "unmerged model")
     status, reason, resumed_from, clock = "complete", None, 0, _Clock(wall)
     try:
         resumed_from = _train_and_evaluate(model, batches, eval_split, seed, tcfg, precision, device, reporter,
@@ -190,6 +194,25 @@ def execute_run(spec: MethodSpec, task: TaskSpec, seed: int, tcfg: TrainConfig, 
     metrics["wall_s"] = wall
     return {"status": status, "reason": reason, "metrics": metrics, "method_info": ctx.info,
             "notices": ctx.notices, "phase_s": ctx.phase_times, "resumed_from_epoch": resumed_from}
+
+
+def _inference(spec: MethodSpec, model: torch.nn.Module, num_classes: int, backbone: Backbone,
+               device: torch.device) -> tuple[torch.nn.Module, bool, str | None]:
+    """Check the method's logits (a wrong shape fails the run, naming the method), then the model inference is
+    measured on: its merge, or the model itself when it has none or its merge failed (and why, for the record)."""
+    img_size = backbone.preprocess.img_size
+    problem = logits_problem(model, num_classes, img_size, device)
+    if problem:
+        raise MethodError(f"method '{spec.name}'{spec.origin}: {problem}")
+    inference = inference_model(model)
+    if inference.merge_error is not None:
+        exc = inference.merge_error
+        return model, False, f"{type(exc).__name__}: {exc}{spec.blame(exc)}"
+    if inference.merged:
+        problem = logits_problem(inference.model, num_classes, img_size, device)
+        if problem:
+            return model, False, f"the merged model: {problem}"
+    return inference.model, inference.merged, None
 
 
 def _oom_reason(exc: BaseException, phase: str, tcfg: TrainConfig) -> str:
@@ -447,8 +470,9 @@ def _outcome(job: Job, plan: Plan, reporter: Reporter, checkpoint: Checkpointer)
         raise
     except torch.cuda.OutOfMemoryError as exc:  # while building the method
         return {"status": "oom", "reason": _oom_reason(exc, "build", job.tcfg)}
-    except Exception as exc:  # a broken plugin or run
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a broken plugin or run (a plugin's own code is named)
+        where = "" if isinstance(exc, MethodError) else job.spec.blame(exc)  # a MethodError names the method
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}{where}"}
 
 
 def _record(job: Job, plan: Plan, outcome: dict[str, Any], started: str, prov: dict) -> dict[str, Any]:

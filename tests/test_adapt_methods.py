@@ -287,7 +287,9 @@ def test_every_knob_has_help_and_a_valid_search_space(method):
 
 
 @pytest.mark.parametrize("sets,match", [
-    (["--set", "peft_lora.r=0"], "peft_lora: peft rejected the configuration: `r` should be a positive"),
+    (["--set", "peft_lora.r=0"], "peft_lora.r=0: must be at least 1"),
+    (["--set", "peft_boft.boft_block_size=7"], "peft_boft: peft rejected the configuration: in_features (192) must "
+                                               "be divisible by boft_block_size (7)!"),
     (["--set", "peft_lora.target_modules=nothing"], "peft_lora.target_modules=nothing: no module"),
     (["--set", "lora.targets=q,x"], "lora.targets=q,x: give distinct slices among q, k, v"),
 ])

@@ -79,6 +79,9 @@ class ShipConfig:
     def check(self, facts: RunFacts) -> list[str]:
         """Limits that the data and the backbone set, checked before any run of a sweep starts."""
         problems = []
+        if self.layers is not None and self.layers[-1] >= facts.depth:
+            problems.append(f"ship.layers={self.layers}: block indices must be below {facts.depth}, the depth of "
+                            f"this backbone (valid: 0..{facts.depth - 1})")
         if self.attribute_prompts and self.prototypes is None and self.num_prototypes > facts.train_size:
             problems.append(f"ship.num_prototypes={self.num_prototypes} k-means clusters, but the training split "
                             f"has {facts.train_size} images; set ship.num_prototypes={facts.train_size} (or fewer), "

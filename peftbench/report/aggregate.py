@@ -360,7 +360,7 @@ def summary_tables(records: list[dict], reference: list[dict] | None = None) -> 
             row = make_row(method, "peftbench", _method_cells(runs, metric), layout)
             row.costs = _costs([r for r in runs["record"] if r["status"] == "complete"])
             rows.append(row)
-        notes = _cell_notes(rows, layout)
+        notes = _cell_notes(rows, layout) + _merge_notes(chosen)
         ties = column_ties(rows, layout)
         if setting.recipe != "shared":
             notes.insert(0, RECIPE_NOTE.format(recipe=setting.recipe))
@@ -441,6 +441,17 @@ def _cell_notes(rows: list[Row], layout: Layout) -> list[str]:
     if fewer:
         notes.append("† " + "; ".join(fewer) + ".")
     return notes
+
+
+def _merge_notes(chosen: pd.DataFrame) -> list[str]:
+    """Methods whose ``merge()`` failed in some runs: their inference costs are of the unmerged model."""
+    failed: dict[str, list[str]] = {}
+    for record in chosen["record"]:
+        error = (record.get("metrics") or {}).get("merge_error") if record["status"] == "complete" else None
+        if error:
+            failed.setdefault(record["method"], []).append(str(error))
+    return [f"{method}: merge() failed in {len(errors)} run(s) ({one_line(errors[0], 120)}); its GFLOPs and "
+            "inference img/s are of the unmerged model." for method, errors in sorted(failed.items())]
 
 
 def _failures(cell: Cell) -> str:
