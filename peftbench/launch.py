@@ -266,7 +266,9 @@ def _wait_reporting(procs: list[subprocess.Popen], out: Path, note: Callable[[st
     from .status import sweep_status
 
     last, checked = None, 0.0
-    while any(p.poll() is None for p in procs):
+    # poll every worker each time (a list, not any()'s short cut): a dead worker is reaped at once, else it stays a
+    # zombie whose pid looks alive, and the other workers leave its claimed run to it instead of taking it over
+    while any([p.poll() is None for p in procs]):
         if time.monotonic() - checked >= every:
             checked = time.monotonic()
             counts = sweep_status(out)["counts"]
