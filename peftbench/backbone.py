@@ -26,6 +26,7 @@ from . import (
 from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (torch-free home; runner imports it from here)
 from .errors import CheckpointError, UsageError
 from .hub import _hub_offline, _in_hub_cache, hub_unreachable  # noqa: F401  (network probing lives in hub.py)
+from .util import file_sha256
 
 CLASSIFIER_PREFIXES = ("head.",)
 
@@ -193,7 +194,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
     preset = presets.preset(resolved.timm_name)
     if img_size is None and preset is not None:
         img_size = preset.img_size  # e.g. DINOv2 at 224 px, its position embeddings resized by timm
-    file_sha256 = None
+    checkpoint_hash = None
     if weights == "pretrained" and preset is not None and preset.weights_note.startswith("--weights"):
         raise UsageError(f"--backbone {name}: timm has no download for it; pass {preset.weights_note}")
     timm_name = resolved.build_name
@@ -225,13 +226,13 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
         check_img_size(model, name, img_size)
         source = "pretrained"
         cached = presets.pretrained_file(resolved.timm_name)
-        file_sha256 = _file_sha256(Path(cached)) if cached else None
+        checkpoint_hash = file_sha256(Path(cached)) if cached else None
     else:
         path = Path(os.path.expanduser(weights))
         model = _create(timm_name, num_classes=0, img_size=img_size)
         _load_file_into(model, path, trust_checkpoint)
         source = str(path)
-        file_sha256 = _file_sha256(path)
+        checkpoint_hash = file_sha256(path)
     cfg = timm.data.resolve_data_config({}, model=model)
     h, w = getattr(model.patch_embed, "img_size", None) or cfg["input_size"][1:]
     pre = Preprocess(img_size=(h, w), interpolation=str(cfg.get("interpolation", "bicubic")),
@@ -241,15 +242,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", img
                 "depth": len(model.blocks), "width": int(model.embed_dim)}
     return Backbone(name=name, weights=source, checksum=_state_checksum(sd), preprocess=pre,
                     img_size=img_size, state_dict=sd, geometry=geometry, timm_name=resolved.timm_name,
-                    pretrained_tag=resolved.tag or None, file_sha256=file_sha256, build_name=timm_name)
+                    pretrained_tag=resolved.tag or None, file_sha256=checkpoint_hash, build_name=timm_name)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- token-level seams -------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+from pathlib import Path
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -12,3 +14,12 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     if not close:
         return ""
     return "; did you mean " + ", ".join(f"'{c}'" for c in sorted(close)[:3]) + "?"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

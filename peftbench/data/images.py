@@ -9,7 +9,6 @@ second process (or the next sweep) skips decoding and memory-maps it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -27,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_write
 from ..errors import DataError
-from .limits import DEFAULT_MAX_IMAGE_PIXELS
+from .limits import DEFAULT_MAX_IMAGE_PIXELS, pil_bomb_check_off
 from .splits import Entry
 
 CACHE_VERSION = 1
@@ -76,17 +75,6 @@ def _raise_if_any(problems: list[str]) -> None:
         raise DataError(f"{len(problems)} unusable images:\n  " + "\n  ".join(sorted(problems)))
 
 
-@contextlib.contextmanager
-def _pixel_limit_checked_here() -> Iterator[None]:
-    """Switch PIL's own bomb check off while a split is read: it warns above 89 MP and raises (a
-    traceback, no file named) above 179 MP whatever the user's limit; ``load_split`` checks each
-    image's header against its own limit and names the file and line."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
 
 
 def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation: str, where: str,
@@ -96,7 +84,7 @@ def load_split(entries: Sequence[Entry], target: tuple[int, int], interpolation:
 
     An image over ``max_pixels`` pixels (read from its header) is an error before anything is decoded.
     """
-    with _pixel_limit_checked_here():
+    with pil_bomb_check_off():
         return _load_split(entries, target, interpolation, where, cache_dir, advance, threads, max_pixels)
 
 

@@ -19,7 +19,6 @@ recorded as ``unverified`` (one warning line each). ``peftbench prepare --verify
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +33,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_write
 from ..errors import UsageError
-from .limits import DEFAULT_MAX_IMAGE_PIXELS
+from ..util import file_sha256
+from .limits import DEFAULT_MAX_IMAGE_PIXELS, pil_bomb_check_off
 from .splits import SPLITS, Entry, TaskLists, collect_task_lists, expected_sizes
 from .tasks import TaskSpec, resolve_tasks
 
@@ -242,7 +242,7 @@ def check_task(root: Path, spec: TaskSpec, progress: Progress | None = None, thr
     for name, file, split in manifest_splits(lists):
         path = lists.folder / file
         entries = lists.splits[split]
-        splits[name] = {"file": file, "images": len(entries), "list_sha256": _file_sha256(path),
+        splits[name] = {"file": file, "images": len(entries), "list_sha256": file_sha256(path),
                         "images_sha256": _images_sha256(entries)}
         stat["files"][file] = _stat(path)
         stat["images"][name] = images_stat_digest(entries)
@@ -277,27 +277,12 @@ def _decode_all(lists: TaskLists, progress: Progress | None, threads: int | None
             advance(1)
         return None
 
-    with _no_pil_bomb_check(), ThreadPoolExecutor(threads or min(16, (os.cpu_count() or 2) * 2)) as pool:
+    with pil_bomb_check_off(), ThreadPoolExecutor(threads or min(16, (os.cpu_count() or 2) * 2)) as pool:
         return [p for p in pool.map(check, items) if p]
 
 
-@contextlib.contextmanager
-def _no_pil_bomb_check():
-    """PIL's own check raises without naming the file; ours above names it (as images.load_split does)."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _images_sha256(entries: Sequence[Entry]) -> str:
