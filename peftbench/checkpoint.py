@@ -12,7 +12,10 @@ that run: losing a checkpoint must never throw away the training itself.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,29 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in keys}
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then deliver it to the handler that was in place.
+
+    torch.save writes through C++: a KeyboardInterrupt raised inside its write callback comes out as a
+    RuntimeError ("unexpected pos"), which would read as a failed save and swallow the interrupt. A save
+    takes milliseconds, so the interrupt is simply delivered right after it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])  # the CLI's handlers turn it into KeyboardInterrupt
+
+
 @dataclass
 class Checkpointer:
     """Saves every ``every`` epochs (0 = never) and loads whatever a previous attempt left."""
@@ -82,7 +108,8 @@ class Checkpointer:
                 torch.save({"format": FORMAT, **state}, fh)
 
         try:
-            atomic_write(self.path, write)
+            with interrupts_deferred():
+                atomic_write(self.path, write)
         except (OSError, RuntimeError) as exc:
             self.failed = True
             cause = write_problem(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"

@@ -51,6 +51,22 @@ def _in_process_sweeps(monkeypatch):
     monkeypatch.setenv("PEFTBENCH_LAUNCHER", "none")
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Methods a test registers (plugin files, probes) leave with it: the registry is per process, and a later
+    test iterating every registered method must see only the built-ins (plus entry points)."""
+    from peftbench import registry
+
+    plugins = dict(registry._plugins)
+    before = set(registry._METHODS)
+    yield
+    for name in set(registry._METHODS) - before:
+        if not registry._METHODS[name].build.__module__.startswith("peftbench.methods"):
+            del registry._METHODS[name]
+    registry._plugins.clear()
+    registry._plugins.update(plugins)
+
+
 @pytest.fixture
 def vtab_root(tmp_path: Path) -> Path:
     """Two VTAB tasks under alias folder names, mixed formats and modes, CRLF lists."""

@@ -187,6 +187,39 @@ def test_resumed_run_says_from_which_epoch(vtab_root, tmp_path, monkeypatch, cap
     assert len(lines) == 1 and lines[0].startswith("full/cifar100/seed0: resuming from epoch 2 of 3 (checkpoint ")
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_stops_the_sweep(vtab_root, tmp_path, monkeypatch, capsys):
+    """torch.save writes through C++: a Ctrl-C landing inside its write callback came out as a RuntimeError,
+    read as a failed save, and the sweep trained on (a SIGTERM'd worker finished every run)."""
+    import signal
+
+    from peftbench import checkpoint as checkpoint_mod
+
+    real_save = checkpoint_mod.torch.save
+
+    class SignalOnWrite:  # the file object torch.save writes to: Ctrl-C arrives mid-write
+        def __init__(self, fh):
+            self.fh, self.writes = fh, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.fh.write(data)
+
+        def flush(self):
+            return self.fh.flush()
+
+    monkeypatch.setattr(checkpoint_mod.torch, "save", lambda obj, fh: real_save(obj, SignalOnWrite(fh)))
+    out = tmp_path / "runs"
+    rc = run_cli(vtab_root, out, "--no-report", "--checkpoint-every", "1", methods="full", sets=("epochs=3",))
+    text = capsys.readouterr().out
+    assert rc == 130, text
+    assert "cannot save the training checkpoint" not in text
+    assert not list(out.rglob("*.json"))  # the run in progress wrote no record
+    (kept,) = list((out / ".checkpoints").iterdir())  # the checkpoint being written finished whole
+    assert checkpoint_mod.torch.load(kept, weights_only=True)["epochs_done"] == 1
+
+
 # --- 5. settings that cannot work: refused for every job before the first run starts ---------------------------------
 
 def test_ship_settings_that_cannot_work_are_refused_before_any_run(vtab_root, tmp_path, capsys):
