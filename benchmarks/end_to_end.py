@@ -1,6 +1,6 @@
 """End-to-end wall time of one method over N tasks, with the decode / prepare / train / eval breakdown.
 
-Runs the real sweep (``peftbench.runner.run_sweep``) into a fresh output folder, then reads the
+Runs the real sweep (``peftbench.sweep.run.run_sweep``) into a fresh output folder, then reads the
 phase times back from the records. It also measures the data path on its own — turning index
 batches of the cached uint8 images into normalised model inputs on the device, one epoch of the
 training split — and prints it as a fraction of a training epoch: the baseline measured in
@@ -29,7 +29,9 @@ from peftbench.data.images import Batches, load_split
 from peftbench.data.splits import read_task_lists
 from peftbench.data.tasks import VTAB1K, resolve_tasks
 from peftbench.records import load_records
-from peftbench.runner import SweepRequest, resolve_device, run_sweep
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.resolve import resolve_device
+from peftbench.sweep.run import run_sweep
 
 
 def data_path_seconds(root: Path, suite: str, task_name: str, img_size: tuple[int, int], mean, std, interp: str,

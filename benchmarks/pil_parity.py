@@ -3,7 +3,7 @@
 The reference pipeline is what the methods' own repositories do every epoch: open the file
 with PIL, ``Resize(size, bicubic)`` → ``ToTensor`` → ``Normalize`` (torchvision transforms,
 on the CPU, per batch). peftbench decodes once, keeps uint8 and resizes / normalises on the
-device. This script runs ``peftbench.runner.run_sweep`` twice over the same methods, tasks and
+device. This script runs ``peftbench.sweep.run.run_sweep`` twice over the same methods, tasks and
 seeds — once as shipped, once with the batches built by the reference pipeline — and prints:
 
 - the largest difference between the two pipelines' input tensors (normalised units) per task;
@@ -34,11 +34,15 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from peftbench import runner
+from peftbench.backbone import load_backbone
 from peftbench.data.images import Batches, SplitData, load_split
 from peftbench.data.splits import Entry, read_task_lists
 from peftbench.data.tasks import resolve_tasks
 from peftbench.records import load_records
+from peftbench.sweep import execute
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.resolve import builtin_data_root, load_suite, resolve_weights
+from peftbench.sweep.run import run_sweep
 
 _INTERP = {"bicubic": transforms.InterpolationMode.BICUBIC, "bilinear": transforms.InterpolationMode.BILINEAR,
            "nearest": transforms.InterpolationMode.NEAREST}
@@ -87,9 +91,9 @@ def main() -> None:
     if args.quick:
         args.tasks, args.seeds, args.sets = args.tasks.split(",")[0], "0,1", [*args.sets, "epochs=2"]
     seeds = [int(s) for s in args.seeds.split(",")]
-    root = runner.builtin_data_root("mini")
-    suite = runner.load_suite("mini", None)
-    backbone = runner.load_backbone(suite.backbone, runner.resolve_weights(suite.weights), args.img_size)
+    root = builtin_data_root("mini")
+    suite = load_suite("mini", None)
+    backbone = load_backbone(suite.backbone, resolve_weights(suite.weights), args.img_size)
     tasks = [t.name for t in resolve_tasks(args.tasks, "mini")]
 
     pre = backbone.preprocess
@@ -111,14 +115,14 @@ def main() -> None:
 
         for pipeline in ("fast", "reference"):
             out = Path(tmp) / pipeline
-            req = runner.SweepRequest(methods=[args.method], tasks=",".join(tasks), suite="mini", seeds=seeds,
-                                      out=out, img_size=args.img_size, cache_dir=cache,
-                                      sets=["bench_steps=0", *args.sets])
+            req = SweepRequest(methods=[args.method], tasks=",".join(tasks), suite="mini", seeds=seeds,
+                               out=out, img_size=args.img_size, cache_dir=cache,
+                               sets=["bench_steps=0", *args.sets])
             if pipeline == "fast":
-                runner.run_sweep(req)
+                run_sweep(req)
             else:
-                with mock.patch.object(runner, "Batches", ReferenceBatches):
-                    runner.run_sweep(req)
+                with mock.patch.object(execute, "Batches", ReferenceBatches):
+                    run_sweep(req)
             results[pipeline] = {(r["task"], r["seed"]): r["metrics"]["test_top1"] for r in load_records(out)[0]}
             for (task, seed), top1 in sorted(results[pipeline].items()):
                 print(json.dumps({"pipeline": pipeline, "task": task, "seed": seed, "test_top1": round(top1, 2)}),

@@ -23,7 +23,7 @@ from . import (
     models,  # noqa: F401  (registers the shipped vit_mini_patch8_32 with timm)
     presets,  # registers vit_base_patch16_mocov3 (MoCo v3 weights from the authors' file)
 )
-from .backbones_meta import DEFAULT_BACKBONE  # noqa: F401  (torch-free home; runner imports it from here)
+from .backbones_meta import DEFAULT_BACKBONE
 from .errors import CheckpointError, UsageError
 from .hub import _hub_offline, _in_hub_cache, hub_unreachable  # noqa: F401  (network probing lives in hub.py)
 from .util import file_sha256

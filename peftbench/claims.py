@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .atomic import write_problem
 from .errors import PeftbenchError
+from .layout import RunsFolder
 
 
 class ClaimError(PeftbenchError):
@@ -100,7 +101,7 @@ class Claims:
     """The claims folder of one output folder, seen by one worker."""
 
     def __init__(self, out: Path, worker: str | None = None, timeout: float = 600.0):
-        self.folder = Path(out) / ".claims"
+        self.folder = RunsFolder(out).claims
         self.worker = worker or default_worker_id()
         self.timeout = timeout
         self.interval = max(0.05, min(5.0, timeout / 4))

@@ -15,10 +15,10 @@ from rich.table import Table
 from .data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from .data.tasks import DEFAULT_SUITE
 from .errors import PeftbenchError, UsageError
-from .launch import add_launcher_args, check_launcher_args, resolve_launcher
+from .layout import RunsFolder
 from .progress import RichReporter
-from .records import REPORT_DIRNAME
 from .registry import load_plugin
+from .sweep.launch import add_launcher_args, check_launcher_args, resolve_launcher
 
 
 def _csv(text: str) -> list[str]:
@@ -216,7 +216,7 @@ def _backbone_args(p: argparse.ArgumentParser, weights_default: str | None = "pr
 
 
 def _sweep_request(args: argparse.Namespace):
-    from .runner import SweepRequest
+    from .sweep.request import SweepRequest
 
     return SweepRequest(methods=args.methods, tasks=args.tasks,
                         seeds=getattr(args, "seeds", [0]), suite=args.suite, recipe=getattr(args, "recipe", "shared"),
@@ -232,7 +232,7 @@ def _interrupted(args: argparse.Namespace, console: Console) -> int:
     from .records import iter_record_files
 
     kept = len(list(iter_record_files(args.out))) if args.out.is_dir() else 0
-    ckpts = len(list((args.out / ".checkpoints").glob("*.pt")))
+    ckpts = len(list(RunsFolder(args.out).checkpoints.glob("*.pt")))
     console.print(f"interrupted: the run in progress was discarded; {kept} record(s) kept in {args.out}"
                   + (f", {ckpts} training checkpoint(s) kept" if ckpts else "")
                   + "; run the same command again to resume", markup=False)
@@ -253,7 +253,7 @@ def _cmd_tune(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{name}: {counts}; {len(res.skipped)} skipped (already done)", markup=False)
     console.print(f"done: budget {result.budget} trial(s) per method and task; records in {args.out}", markup=False)
     if not args.no_report:
-        _write_report(args.out, args.out / REPORT_DIRNAME, True, console)
+        _write_report(args.out, RunsFolder(args.out).report, True, console)
     orphaned = result.trials.orphaned + result.finals.orphaned
     if orphaned:
         console.print(f"warning: {len(orphaned)} run(s) not done: claimed by workers that are no longer alive; "
@@ -263,7 +263,7 @@ def _cmd_tune(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .runner import run_sweep
+    from .sweep.run import run_sweep
 
     req = _sweep_request(args)
     try:
@@ -277,7 +277,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"done: {counts}; {len(result.skipped)} skipped (already done){others}; records in {args.out}",
                   markup=False)
     if not args.no_report:
-        report_dir = args.out / REPORT_DIRNAME
+        report_dir = RunsFolder(args.out).report
         _write_report(args.out, report_dir, True, console)
     if result.orphaned:
         console.print(f"warning: {len(result.orphaned)} run(s) not done: claimed by workers that are no longer "
@@ -286,15 +286,15 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace, argv: list[str], console: Console) -> int:
-    """Hand the command to its workers (launch.py); once they have all ended, the status and the report."""
-    from .launch import launch
+    """Hand the command to its workers (sweep/launch.py); once they have all ended, the status and the report."""
+    from .sweep.launch import launch
 
     code = launch(args, argv, args.out, note=lambda text: console.print(text, markup=False))
     if code is None:  # submitted, not waited for
         return 0
     _print_status(args.out, console)
     if not getattr(args, "no_report", True):
-        _write_report(args.out, args.out / REPORT_DIRNAME, True, console)
+        _write_report(args.out, RunsFolder(args.out).report, True, console)
     return code
 
 
@@ -424,9 +424,10 @@ def _suite_line(suite: str, source: str) -> str:
 
 
 def _cmd_methods(args: argparse.Namespace, console: Console) -> int:
-    from .catalog import load_suite, method_table, suite_source, train_keys
+    from .catalog import method_table, train_keys
     from .data.tasks import check_suite
     from .registry import families
+    from .sweep.resolve import load_suite, suite_source
 
     suite = load_suite(check_suite(args.suite), None)
     console.print(_suite_line(suite.name, suite_source(suite)), markup=False)
@@ -482,11 +483,11 @@ def _cmd_backbones(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from .catalog import inspect_method
+    from .catalog import InspectRequest, inspect_method
 
-    info = inspect_method(args.method, args.backbone, args.weights, args.num_classes, args.img_size, args.sets,
-                          suite=args.suite, task=args.task, recipe=args.recipe,
-                          trust_checkpoint=args.trust_checkpoint)
+    info = inspect_method(InspectRequest(args.method, args.backbone, args.weights, args.num_classes, args.img_size,
+                                         args.sets, suite=args.suite, task=args.task, recipe=args.recipe,
+                                         trust_checkpoint=args.trust_checkpoint))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_status(args.runs_dir, console, args.json, args.claim_timeout)
             return 0
         if args.command == "report":
-            _write_report(args.runs_dir, args.out or args.runs_dir / REPORT_DIRNAME, args.reference, console,
+            _write_report(args.runs_dir, args.out or RunsFolder(args.runs_dir).report, args.reference, console,
                           latex=args.latex)
             return 0
         if args.command == "compare":

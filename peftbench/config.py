@@ -82,6 +82,17 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.lr <= 0 or self.weight_decay < 0:
             raise UsageError("warmup_epochs, lr and weight_decay must be non-negative (lr > 0)")
 
+    def settled(self, device_type: str) -> TrainConfig:
+        """The recipe with ``precision`` and ``compile`` decided for a device ("cuda", "cpu", ...): the one
+        place where "auto" is resolved. auto precision: bf16 on CUDA, fp32 elsewhere; auto compile: on for
+        CUDA (fewer launches, fused kernels), off on the CPU (compiling costs more than it saves there)."""
+        cuda = device_type == "cuda"
+        precision = ("bf16" if cuda else "fp32") if self.precision == "auto" else self.precision
+        compile_ = ("true" if cuda else "false") if self.compile == "auto" else self.compile
+        if (precision, compile_) == (self.precision, self.compile):
+            return self
+        return dataclasses.replace(self, precision=precision, compile=compile_)
+
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 

@@ -141,12 +141,23 @@ def throughput(step: Callable[[torch.Tensor, torch.Tensor], None], batch: int, i
     return rates
 
 
-def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], Callable], img_size: tuple[int, int],
-                       num_classes: int, device: torch.device, batch: int, steps: int, warmup: int,
-                       autocast: Callable, inference: nn.Module | None = None) -> dict[str, Any]:
+class BenchShape(NamedTuple):
+    """What throughput is timed on: synthetic batches of ``batch`` images, ``warmup`` untimed steps, then
+    the timing windows of ``steps`` steps each."""
+
+    img_size: tuple[int, int]
+    num_classes: int
+    batch: int
+    steps: int
+    warmup: int
+
+
+def measure_throughput(model: nn.Module, make_train_step: Callable[[nn.Module], Callable], shape: BenchShape,
+                       device: torch.device, autocast: Callable, inference: nn.Module | None = None) -> dict[str, Any]:
     """Training and inference images/s (the median of the timing windows, all of them under
     ``throughput_windows``) on copies of the trained model (the result is untouched); inference on
     ``inference`` (e.g. the merged model) when given."""
+    img_size, num_classes, batch, steps, warmup = shape
     if steps <= 0:
         return {"train_img_per_s": None, "infer_img_per_s": None}
     bench = copy.deepcopy(model if inference is None else inference)

@@ -32,7 +32,7 @@ methods/ship/ for data-dependent preparation). It holds:
   - :class:`Mergeable` ``merged()`` on a wrapper inside the backbone (see :mod:`peftbench.adapt`);
   - :class:`ChecksSettings` on the *config* dataclass: ``check(self, facts: RunFacts) -> list[str]``,
     the problems that make these settings unworkable on this task and backbone (e.g. more k-means
-    clusters than training images). The runner asks every job before the first run starts, so a
+    clusters than training images). The sweep asks every job before the first run starts, so a
     sweep never fails mid-way on settings that could have been refused up front.
 
 An auxiliary loss is not a hook but a return type: a training forward returns :class:`MethodOutput`.
@@ -101,7 +101,7 @@ def split_output(out: torch.Tensor | MethodOutput) -> tuple[torch.Tensor, torch.
 class BuildContext:
     """Facts and services for a method's build step (data-dependent preparation included).
 
-    There is no seed here: the runner seeds torch's, numpy's and Python's generators with the
+    There is no seed here: the sweep seeds torch's, numpy's and Python's generators with the
     run's seed right before ``build``, so a method's random initialisation follows the run's seed.
     """
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from .atomic import atomic_write  # records.atomic_write stays importable for older callers
 from .errors import PeftbenchError
+from .layout import NOT_RECORDS, RunsFolder
 
 SCHEMA_VERSION = 1
 NEWER = "written by a newer peftbench"  # how validate() words a record of a later schema
@@ -56,7 +57,7 @@ def finite(obj: Any) -> Any:
 
 
 def record_path(out: Path, record: dict) -> Path:
-    return Path(out) / record["method"] / record["task"] / f"seed{record['seed']}-{record['run_id']}.json"
+    return RunsFolder(out).record(record["method"], record["task"], record["seed"], record["run_id"])
 
 
 def write_record(path: Path, record: dict) -> Path:
@@ -187,14 +188,10 @@ def _tune_problem(tune: Any) -> str | None:
     return None
 
 
-REPORT_DIRNAME = "report"  # where `peftbench run` writes its report inside the runs folder: not scanned
-LAUNCHER_DIRNAMES = ("_slurm", "_local")  # the launchers' logs inside the runs folder (launch.py): not scanned
-
-
 RECORD_NAME = re.compile(r"seed-?\d+(-[0-9a-zA-Z_.-]*)?\.json")  # record_path writes seedN-RUNID.json
 MAX_DEPTH = 5  # records sit 3 folders down (method/task/file); 5 allows a folder of runs folders
 MAX_RECORD_BYTES = 1 << 20  # a record is a few kB: a bigger JSON file is another tool's and is not read
-_NOT_SEARCHED = {REPORT_DIRNAME, *LAUNCHER_DIRNAMES, "__pycache__", "node_modules", "site-packages"}
+_NOT_SEARCHED = {*NOT_RECORDS, "__pycache__", "node_modules", "site-packages"}
 
 
 def iter_record_files(root: Path) -> list[Path]:

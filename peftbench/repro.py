@@ -21,8 +21,9 @@ from .errors import UsageError
 DEFAULT_CPU_THREADS = 1  # the same on every machine; tiny models gain little from more on a CPU
 
 
-def pin_threads(device: torch.device, threads: int | None) -> None:
-    """Fix intra-op threads (CPU default: 1) and turn on torch's deterministic algorithms on a CPU.
+def pin_threads(device: torch.device, threads: int | None) -> int:
+    """Fix intra-op threads (CPU default: 1) and turn on torch's deterministic algorithms on a CPU;
+    returns the intra-op thread count now in force.
 
     On CUDA the thread count only affects host-side work, so torch's default is kept unless asked;
     deterministic algorithms stay off there (they need CUBLAS_WORKSPACE_CONFIG and cost speed).
@@ -35,6 +36,7 @@ def pin_threads(device: torch.device, threads: int | None) -> None:
         torch.set_num_threads(threads)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.get_num_threads()
 
 
 def numerics() -> dict[str, Any]:

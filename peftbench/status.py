@@ -18,9 +18,9 @@ from typing import Any
 
 from .atomic import atomic_write
 from .claims import Claims
+from .layout import SWEEPS, RunsFolder
 from .records import load_records
 
-MANIFEST_DIRNAME = ".sweeps"
 STATES = ("complete", "running", "stale", "failed", "diverged", "oom", "not_started")
 DEFAULT_CLAIM_TIMEOUT = 600.0
 
@@ -31,7 +31,7 @@ def write_manifest(out: Path, runs: dict[str, str], claim_timeout: float) -> Pat
     doc = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "claim_timeout": claim_timeout,
            "runs": dict(sorted(runs.items()))}
     text = json.dumps(doc, indent=1) + "\n"
-    return atomic_write(Path(out) / MANIFEST_DIRNAME / f"{key}.manifest", lambda tmp: tmp.write_text(text),
+    return atomic_write(RunsFolder(out).sweeps / f"{key}.manifest", lambda tmp: tmp.write_text(text),
                         durable=False)
 
 
@@ -39,7 +39,7 @@ def read_manifests(out: Path) -> tuple[dict[str, str], list[float], list[str]]:
     """Planned runs of every sweep in ``out``, their claim timeouts, and unreadable manifests."""
     planned: dict[str, str] = {}
     timeouts, problems = [], []
-    for path in sorted((Path(out) / MANIFEST_DIRNAME).glob("*.manifest")):
+    for path in sorted(RunsFolder(out).sweeps.glob("*.manifest")):
         try:
             doc = json.loads(path.read_text())
             planned.update({str(k): str(v) for k, v in doc["runs"].items()})
@@ -115,7 +115,7 @@ def format_status(st: dict[str, Any]) -> list[str]:
         lines.append(f"  {state.replace('_', ' ').replace('stale', 'stale claims'):<13}"
                      f"{'?' if value is None else value}")
     if counts["not_started"] is None:
-        lines.append(f"  (no sweep manifest in {st['runs_dir']}/{MANIFEST_DIRNAME}: runs not started yet are "
+        lines.append(f"  (no sweep manifest in {st['runs_dir']}/{SWEEPS}: runs not started yet are "
                      "unknown; a sweep's workers write it once they have planned its runs)")
     by_state = lambda s: [r for r in st["runs"] if r["state"] == s]
     for state, title in (("running", "running (live claims)"),

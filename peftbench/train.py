@@ -32,9 +32,8 @@ def seed_everything(seed: int) -> None:
 
 
 def effective_precision(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return cfg.precision
+    """bf16 or fp32 (see ``TrainConfig.settled``; a sweep settles its configs once, in its plan)."""
+    return cfg.settled(device.type).precision
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -44,10 +43,8 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
 
 
 def effective_compile(cfg: TrainConfig, device: torch.device) -> bool:
-    """compile=auto: on for CUDA (fewer launches, fused kernels), off on the CPU (compile costs more than it saves)."""
-    if cfg.compile == "auto":
-        return device.type == "cuda"
-    return cfg.compile == "true"
+    """Whether training and evaluation are compiled (see ``TrainConfig.settled``)."""
+    return cfg.settled(device.type).compile == "true"
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in a counting backend: guards and recompiles are decided before it

@@ -24,11 +24,12 @@ from typing import Any
 from .config import SHARED_RECIPE, TRAIN_KEYS, Suite, parse_sets
 from .data.tasks import resolve_tasks
 from .errors import UsageError
-from .jobs import Point, Reporter, SweepRequest, SweepResult, load_suite, suite_of, sweep_methods
 from .records import find_record, record_path, write_record
 from .registry import MethodSpec, get_method
-from .runner import run_sweep
 from .selection import choose, fmt_value, val_top1
+from .sweep.request import Point, Reporter, SweepRequest, SweepResult
+from .sweep.resolve import load_suite, suite_of, sweep_methods
+from .sweep.run import run_sweep
 from .util import did_you_mean
 
 DEFAULT_BUDGET = 8  # used when neither --budget nor the suite's tune.budget says otherwise

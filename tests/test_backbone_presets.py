@@ -14,10 +14,10 @@ from peftbench import report
 from peftbench.backbone import load_backbone
 from peftbench.cli import main
 from peftbench.errors import UsageError
-from peftbench.jobs import run_id_of
 from peftbench.models import MINI_VIT, mini_weights_path
 from peftbench.presets import PRESETS, resolve_name
 from peftbench.registry import get_method
+from peftbench.sweep.plan import RunKey, run_id_of
 
 ORIG, AUGREG = "vit_base_patch16_224.orig_in21k", "vit_base_patch16_224.augreg_in21k"
 LEGACY = "vit_base_patch16_224_in21k"
@@ -101,7 +101,7 @@ def test_mocov3_checkpoint_keys_map_onto_timm(tmp_path):
 def test_run_ids_unchanged_for_existing_backbones():
     """The run id's inputs are what they were before backbone provenance was recorded (value from main)."""
     bb = load_backbone(MINI_VIT, str(mini_weights_path()))
-    run_id = run_id_of(get_method("linear"), "shapes", "mini", 0, {"train": {"lr": 0.1}}, bb, "d" * 8, "fp32",
+    run_id = run_id_of(RunKey(get_method("linear"), "shapes", "mini", 0, {"train": {"lr": 0.1}}, "d" * 8, "fp32"), bb,
                        torch.device("cpu"))
     assert run_id == "759eded5a3654c68"
 

@@ -160,7 +160,7 @@ def test_synthetic_dmlab_and_clevr_are_landscape_like_the_real_frames(tmp_path):
 def test_suite_recipes_ship_inside_the_package():
     """Non-editable installs get the recipes too: they are package data, not files of the checkout."""
     import peftbench
-    from peftbench.runner import default_suite_file, load_suite
+    from peftbench.sweep.resolve import default_suite_file, load_suite
 
     package = Path(peftbench.__file__).resolve().parent
     for suite in ("mini", "vtab1k"):

@@ -166,7 +166,8 @@ def test_content_checks_flag_a_copied_test_image_and_a_relabelled_image(split_si
     """Paths differ, bytes do not: a training image copied into test, and one image under two labels."""
     import shutil
 
-    from peftbench.runner import Reporter, SweepRequest, run_sweep
+    from peftbench.sweep.request import Reporter, SweepRequest
+    from peftbench.sweep.run import run_sweep
 
     folder = vtab_root / "eurosat"
     train = (folder / "train800.txt").read_text().splitlines()

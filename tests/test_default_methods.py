@@ -9,8 +9,9 @@ import pytest
 from peftbench.cli import main
 from peftbench.config import load_suite_file
 from peftbench.errors import UsageError
-from peftbench.jobs import SweepRequest, default_suite_file, sweep_methods
 from peftbench.registry import available_methods
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.resolve import default_suite_file, sweep_methods
 
 MINI_DEFAULT = ["linear", "full", "vpt_shallow", "vpt_deep", "ship", "lora"]
 
@@ -42,7 +43,7 @@ def test_a_suite_file_sets_the_default_and_a_bad_name_in_it_names_the_file(tmp_p
 @pytest.mark.parametrize("command", ["run", "tune"])
 def test_run_and_tune_without_methods_plan_the_default_and_all_plans_every_method(command, monkeypatch):
     """Both commands hand the same request to the sweep machinery; what it expands is what runs."""
-    import peftbench.runner as runner
+    import peftbench.sweep.run as sweep_run
     import peftbench.tune as tune
 
     seen = []
@@ -51,7 +52,7 @@ def test_run_and_tune_without_methods_plan_the_default_and_all_plans_every_metho
         seen.append(sweep_methods(req))
         raise UsageError("stop here")
 
-    monkeypatch.setattr(runner, "plan_sweep", stop)
+    monkeypatch.setattr(sweep_run, "plan_sweep", stop)
     monkeypatch.setattr(tune, "sweep_methods", lambda req: seen.append(sweep_methods(req)) or [])
     monkeypatch.setattr(tune, "run_sweep", lambda req, rep: stop(req))
     assert main([command, "--out", "/nonexistent/runs", "--no-report"]) == 2

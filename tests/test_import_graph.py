@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     # foundations: no torch, no project imports beyond this layer
     ("peftbench", "peftbench.errors", "peftbench.util", "peftbench.atomic", "peftbench.data.limits",
      "peftbench.suite_schema", "peftbench.backbones_meta", "peftbench.repro", "peftbench.selection",
-     "peftbench.claims", "peftbench.records"),
+     "peftbench.layout", "peftbench.claims", "peftbench.records"),
     # data: task specs, split lists, images, generated suites
     ("peftbench.data", "peftbench.data.tasks", "peftbench.data.splits", "peftbench.data.content",
      "peftbench.data.images", "peftbench.data.synthetic", "peftbench.data.mini_draw", "peftbench.data.mini"),
@@ -33,9 +33,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods", "peftbench.methods"),
     # training and measuring one run
     ("peftbench.checkpoint", "peftbench.train", "peftbench.measure", "peftbench.checks"),
-    # sweeps, tuning, catalogue, reports, launchers, CLI
-    ("peftbench.jobs", "peftbench.runner", "peftbench.tune", "peftbench.catalog", "peftbench.report",
-     "peftbench.launch", "peftbench.cli"),
+    # the sweep, one way: request -> (names resolved, what runs share) -> plan | execute -> run, launch
+    ("peftbench.sweep", "peftbench.sweep.request"),
+    ("peftbench.sweep.resolve", "peftbench.sweep.context"),
+    ("peftbench.sweep.plan", "peftbench.sweep.execute"),
+    ("peftbench.sweep.run", "peftbench.sweep.launch"),
+    # commands over sweeps: tuning, catalogue, reports, the CLI
+    ("peftbench.tune", "peftbench.catalog", "peftbench.report", "peftbench.cli"),
 ]
 
 # The one sanctioned upward edge: the registry discovers built-in methods by importing the plugin package,
@@ -179,7 +183,8 @@ def test_the_walker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert layer_of("peftbench.registry") > layer_of("peftbench.data.tasks")
 
 
-@pytest.mark.parametrize("module", ["peftbench.cli", "peftbench.config", "peftbench.backbones_meta"])
+@pytest.mark.parametrize("module", ["peftbench.cli", "peftbench.config", "peftbench.backbones_meta",
+                                    "peftbench.layout", "peftbench.sweep.request", "peftbench.sweep.launch"])
 def test_torch_free_modules_do_not_import_torch(module):
     import subprocess
     import sys

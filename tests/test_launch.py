@@ -21,9 +21,9 @@ import pytest
 
 from peftbench.claims import Claims
 from peftbench.cli import main
-from peftbench.launch import local_worker_envs, worker_argv
 from peftbench.records import SCHEMA_VERSION, TOOL, write_record
 from peftbench.status import sweep_status, write_manifest
+from peftbench.sweep.launch import local_worker_envs, worker_argv
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP8 = ["--methods", "linear,full", "--tasks", "cifar,eurosat", "--seeds", "0,1"]  # 2 x 2 x 2 = 8 runs
@@ -325,7 +325,8 @@ def test_slurm_element_killed_mid_run_leaves_a_stale_claim_that_a_rerun_finishes
 
 
 def test_a_sweep_writes_its_manifest_so_status_counts_runs_not_started(vtab_root, tmp_path, monkeypatch):
-    from peftbench.runner import SweepRequest, run_sweep
+    from peftbench.sweep.request import SweepRequest
+    from peftbench.sweep.run import run_sweep
 
     out = tmp_path / "runs"
     real_acquire = Claims.acquire

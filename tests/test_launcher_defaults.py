@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import launch
 from peftbench.errors import UsageError
-from peftbench.launch import add_launcher_args, default_gpus_per_job, resolve_launcher, sbatch_refusal
+from peftbench.sweep import launch
+from peftbench.sweep.launch import add_launcher_args, default_gpus_per_job, resolve_launcher, sbatch_refusal
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]

@@ -17,9 +17,9 @@ import torch
 from peftbench.cli import main
 from peftbench.config import parse_sets, resolve
 from peftbench.data.tasks import resolve_tasks
-from peftbench.jobs import load_suite
 from peftbench.measure import count_params
 from peftbench.registry import get_method
+from peftbench.sweep.resolve import load_suite
 
 VTAB = load_suite("vtab1k", None)
 

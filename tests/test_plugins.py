@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peftbench.catalog import inspect_method
+from peftbench.catalog import InspectRequest, inspect_method
 from peftbench.cli import main
 from peftbench.errors import UsageError
 from peftbench.records import load_records
@@ -118,7 +118,7 @@ def test_inspect_refuses_wrong_logits_in_one_line(tmp_path):
     load_plugin(path)
     with pytest.raises(UsageError, match=rf"method '{name}' \(plugin {path}\): its forward returned logits of "
                                          r"shape \(2, 1\) for 2 images; expected \(2, 7\)"):
-        inspect_method(name, "vit_tiny_patch16_224", img_size=32, num_classes=7)
+        inspect_method(InspectRequest(name, "vit_tiny_patch16_224", img_size=32, num_classes=7))
 
 
 def _line(path: Path, code: str) -> int:
@@ -143,7 +143,7 @@ def test_inspect_names_the_plugin_when_its_build_raises(tmp_path):
     path, name = _plugin(tmp_path, build="raise KeyError('no such layer')")
     load_plugin(path)
     with pytest.raises(UsageError) as info:
-        inspect_method(name, "vit_tiny_patch16_224", img_size=32, num_classes=7)
+        inspect_method(InspectRequest(name, "vit_tiny_patch16_224", img_size=32, num_classes=7))
     line = _line(path, "raise KeyError('no such layer')")
     assert str(info.value) == f"{name}: KeyError: 'no such layer' (raised in plugin {path}, line {line}, in build)"
 
@@ -166,5 +166,5 @@ def test_merge_that_raises_falls_back_to_the_unmerged_model(vtab_root, tmp_path)
 def test_inspect_measures_unmerged_when_merge_raises(tmp_path):
     path, name = _plugin(tmp_path, merge="raise RuntimeError('cannot fold')")
     load_plugin(path)
-    info = inspect_method(name, "vit_tiny_patch16_224", img_size=32, num_classes=7)
+    info = inspect_method(InspectRequest(name, "vit_tiny_patch16_224", img_size=32, num_classes=7))
     assert info["merged"] is False and info["merge_error"].startswith("RuntimeError: cannot fold (raised in plugin")

@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from peftbench import records as records_mod
-from peftbench import runner as runner_mod
 from peftbench import train as train_mod
 from peftbench.checkpoint import Checkpointer
 from peftbench.claims import Claims
@@ -30,7 +29,10 @@ from peftbench.cli import main
 from peftbench.config import TrainConfig, load_suite_file
 from peftbench.errors import UsageError
 from peftbench.records import find_record, load_records, validate, write_record
-from peftbench.runner import SweepRequest, run_sweep
+from peftbench.sweep import execute as execute_mod
+from peftbench.sweep import plan as plan_mod
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.run import run_sweep
 from peftbench.train import autocast_factory, make_optimizer, make_step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,11 +123,11 @@ def _kill_after(calls: int):
 
 
 KILL_POINTS = {
-    "decode": (runner_mod, "load_split"),
-    "build": (runner_mod, "inference_gflops"),
+    "decode": (plan_mod, "load_split"),
+    "build": (execute_mod, "inference_gflops"),
     "train": (train_mod, "loss_fn"),
-    "evaluate": (runner_mod, "evaluate"),
-    "measure": (runner_mod, "measure_throughput"),
+    "evaluate": (execute_mod, "evaluate"),
+    "measure": (execute_mod, "measure_throughput"),
 }
 
 
@@ -261,7 +263,8 @@ def test_nan_loss_ends_the_run_as_diverged_at_once(vtab_root, tmp_path, monkeypa
     assert again.skipped == ["linear/cifar100/seed0"] and not again.written
 
 
-@pytest.mark.parametrize("phase, target", [("train", (train_mod, "loss_fn")), ("evaluation", (runner_mod, "evaluate"))])
+@pytest.mark.parametrize("phase, target", [("train", (train_mod, "loss_fn")),
+                                           ("evaluation", (execute_mod, "evaluate"))])
 def test_simulated_cuda_oom_is_recorded_never_retried_smaller(phase, target, vtab_root, tmp_path, monkeypatch):
     calls = []
 
@@ -280,7 +283,7 @@ def test_simulated_cuda_oom_is_recorded_never_retried_smaller(phase, target, vta
 
 
 def test_failed_run_is_recorded_with_reason_and_provenance_is_complete(vtab_root, tmp_path, monkeypatch):
-    original = runner_mod.evaluate
+    original = execute_mod.evaluate
     calls = [0]
 
     def fail_first(*args, **kwargs):
@@ -289,7 +292,7 @@ def test_failed_run_is_recorded_with_reason_and_provenance_is_complete(vtab_root
             raise RuntimeError("boom in evaluation")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner_mod, "evaluate", fail_first)
+    monkeypatch.setattr(execute_mod, "evaluate", fail_first)
     result = sweep(vtab_root, tmp_path / "runs", seeds=(0, 1), worker_id="w-test")
     assert result.statuses == {"failed": 1, "complete": 1}  # the sweep went on after the failure
     recs = {r["seed"]: r for r in assert_clean(tmp_path / "runs")}

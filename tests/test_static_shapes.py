@@ -17,7 +17,8 @@ from peftbench.errors import UsageError
 from peftbench.method_api import BuildContext
 from peftbench.records import load_records
 from peftbench.registry import get_method
-from peftbench.runner import SweepRequest, run_sweep
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.run import run_sweep
 from peftbench.train import effective_compile, evaluate, make_step, real_sizes, sample_weights, train
 
 CPU = torch.device("cpu")

@@ -10,7 +10,8 @@ from peftbench.cli import main
 from peftbench.data import tasks
 from peftbench.data.tasks import TaskSpec, infer_suite
 from peftbench.errors import UsageError
-from peftbench.jobs import SweepRequest, suite_of
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.resolve import suite_of
 
 
 def test_a_task_name_or_alias_of_one_suite_picks_that_suite():

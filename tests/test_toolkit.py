@@ -53,7 +53,8 @@ def test_config_checks_are_found_by_protocol():
     assert not isinstance(get_method("lora").config_cls(), api.ChecksSettings)
 
 
-@pytest.mark.parametrize("module", ["train.py", "measure.py", "runner.py", "checks.py", "catalog.py", "jobs.py"])
+@pytest.mark.parametrize("module", ["train.py", "measure.py", "checks.py", "catalog.py", "sweep/plan.py",
+                                    "sweep/execute.py", "sweep/run.py"])
 def test_the_harness_finds_hooks_by_isinstance_not_by_name(module):
     """No hasattr/getattr on a hook's name in the modules that call hooks: isinstance on the Protocol."""
     tree = ast.parse((ROOT / "peftbench" / module).read_text())

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench import runner
 from peftbench.cli import main
 from peftbench.config import resolve
 from peftbench.data.images import Batches
 from peftbench.records import load_records
 from peftbench.registry import available_methods, get_method
-from peftbench.runner import SweepRequest, load_suite
 from peftbench.selection import val_top1
+from peftbench.sweep import plan as sweep_plan
+from peftbench.sweep import run as sweep_run
+from peftbench.sweep.request import SweepRequest
+from peftbench.sweep.resolve import load_suite
 from peftbench.tune import TuneRequest, plan_trials, run_tune
 
 FAST = ["epochs=1", "bench_steps=0", "batch_size=8", "eval_batch_size=8"]
@@ -64,7 +66,7 @@ class SplitReads:
         self.decoded: list[str] = []
         self.passes: dict[str, int] = {}
         self.tags: dict[int, str] = {}
-        real_load, real_iterate = runner.load_split, Batches.iterate
+        real_load, real_iterate = sweep_plan.load_split, Batches.iterate
 
         def load_split(entries, target, interpolation, where, *a, **k):
             split = Path(where).stem
@@ -78,7 +80,7 @@ class SplitReads:
             self.passes[split] = self.passes.get(split, 0) + 1
             return real_iterate(batches, *a, **k)
 
-        monkeypatch.setattr(runner, "load_split", load_split)
+        monkeypatch.setattr(sweep_plan, "load_split", load_split)
         monkeypatch.setattr(Batches, "iterate", iterate)
 
 
@@ -168,16 +170,16 @@ def test_a_larger_budget_keeps_the_earlier_trials():
 
 def test_a_half_done_tune_resumes_and_a_larger_budget_only_adds(vtab_root, tmp_path, suite_file, monkeypatch):
     calls: list[str] = []
-    real = runner.execute_run
+    real = sweep_run.execute_run
 
-    def execute_run(spec, task, seed, tcfg, *a, **k):
-        calls.append(f"{spec.name}/{task.name}/{tcfg.protocol}")
+    def execute_run(job, *a, **k):
+        calls.append(f"{job.spec.name}/{job.task.name}/{job.tcfg.protocol}")
         if len(calls) == 3 and crash[0]:
             raise KeyboardInterrupt
-        return real(spec, task, seed, tcfg, *a, **k)
+        return real(job, *a, **k)
 
     crash = [True]
-    monkeypatch.setattr(runner, "execute_run", execute_run)
+    monkeypatch.setattr(sweep_run, "execute_run", execute_run)
     with pytest.raises(KeyboardInterrupt):
         tune(vtab_root, tmp_path / "runs", suite_file, budget=2)
     assert len(by_role(tmp_path / "runs")["trial"]) == 2
@@ -251,8 +253,9 @@ def test_run_id_includes_precision_device_and_method_version(monkeypatch):
 
     backbone = SimpleNamespace(name="vit", checksum="c", preprocess=SimpleNamespace(img_size=(32, 32)))
     spec = get_method("linear")
-    rid = lambda spec=spec, precision="fp32", device="cpu", role=None: runner.run_id_of(
-        spec, "cifar100", "vtab1k", 0, {"train": {}}, backbone, "d", precision, torch.device(device), role)
+    rid = lambda spec=spec, precision="fp32", device="cpu", role=None: sweep_plan.run_id_of(
+        sweep_plan.RunKey(spec, "cifar100", "vtab1k", 0, {"train": {}}, "d", precision, role), backbone,
+        torch.device(device))
     ids = {rid(), rid(precision="bf16"), rid(device="cuda"), rid(spec=replace(spec, version=2)), rid(role="trial")}
     assert len(ids) == 5
 

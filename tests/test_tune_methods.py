@@ -10,7 +10,7 @@ import pytest
 
 from peftbench.records import load_records
 from peftbench.registry import available_methods, get_method
-from peftbench.runner import SweepRequest
+from peftbench.sweep.request import SweepRequest
 from peftbench.tune import TuneRequest, run_tune
 
 TINY = ["epochs=1", "warmup_epochs=0", "bench_steps=0", "batch_size=64", "eval_batch_size=200"]

@@ -15,13 +15,13 @@ import pytest
 from peftbench.cli import main
 from peftbench.config import resolve
 from peftbench.errors import UsageError
-from peftbench.jobs import Reporter, load_suite
 from peftbench.records import load_records, record_path, write_record
 from peftbench.registry import get_method
 from peftbench.report import write_report
 from peftbench.report.markdown import render_markdown
 from peftbench.report.tuned import render_tuned, tuned_rows, tuned_tables
-from peftbench.runner import SweepRequest
+from peftbench.sweep.request import Reporter, SweepRequest
+from peftbench.sweep.resolve import load_suite
 from peftbench.tune import TuneRequest, grid, run_tune
 
 TINY = ["epochs=1", "warmup_epochs=0", "bench_steps=0"]

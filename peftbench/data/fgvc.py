@@ -3,7 +3,7 @@
 Each file maps an image path (relative to the task's image root: ``images/`` for CUB and
 NABirds, ``Images/`` for Stanford Dogs, the folder itself for Stanford Cars and Oxford
 Flowers) to a class id. The files are read into the same ``TaskLists`` as the VTAB-1k lists, so
-the runner, the tuner, the records and the report need nothing of their own: ``train800`` holds
+the sweep, the tuner, the records and the report need nothing of their own: ``train800`` holds
 the train file, ``val200`` the val file, ``train800val200`` both (protocol ``val``: train → val;
 ``final``: train + val → test) and ``test`` the test file.
 

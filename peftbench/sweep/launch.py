@@ -20,12 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UsageError
-from .records import LAUNCHER_DIRNAMES
-
-# inside --out, skipped when records are read: submitit's scripts and the array elements' logs; local workers' logs
-SLURM_DIRNAME, LOCAL_DIRNAME = LAUNCHER_DIRNAMES
-
+from ..errors import UsageError
+from ..layout import RunsFolder
 
 LAUNCHER_ENV = "PEFTBENCH_LAUNCHER"  # the --launcher used when none is given (default auto)
 WORKER_MEMORY = 2 << 30  # bytes of available memory that auto asks per local worker (a mini-suite run peaks at ~1 GiB)
@@ -215,7 +211,7 @@ def launch_local(wargv: list[str], out: Path, workers: int | None, note: Callabl
 
 def _lost_runs(out: Path) -> bool:
     """Runs of the sweep held by a dead worker (stale claims) or never started."""
-    from .status import sweep_status
+    from ..status import sweep_status
 
     counts = sweep_status(out)["counts"]
     return bool(counts.get("stale") or counts.get("not_started"))
@@ -224,7 +220,7 @@ def _lost_runs(out: Path) -> bool:
 def _run_local_workers(wargv: list[str], out: Path, envs: list[dict[str, str]], note: Callable[[str], None],
                        first: int = 0) -> list[int]:
     """Start one worker per environment (numbered from ``first``), wait for all; their exit codes."""
-    logs = Path(out) / LOCAL_DIRNAME
+    logs = RunsFolder(out).local_logs
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, extra in enumerate(envs, start=first):
@@ -253,7 +249,7 @@ def _run_local_workers(wargv: list[str], out: Path, envs: list[dict[str, str]], 
 
 def every_run_complete(out: Path) -> bool:
     """Whether the sweep's manifests list runs and every one has a complete record (no claim, failure or gap)."""
-    from .status import sweep_status
+    from ..status import sweep_status
 
     counts = sweep_status(out)["counts"]
     return bool(counts.get("complete")) and counts.get("not_started") == 0 and not any(
@@ -263,7 +259,7 @@ def every_run_complete(out: Path) -> bool:
 def _wait_reporting(procs: list[subprocess.Popen], out: Path, note: Callable[[str], None],
                     every: float = 5.0) -> list[int]:
     """Wait for every worker; meanwhile, every few seconds, one line of counts if the sweep's state changed."""
-    from .status import sweep_status
+    from ..status import sweep_status
 
     last, checked = None, 0.0
     # poll every worker each time (a list, not any()'s short cut): a dead worker is reaped at once, else it stays a
@@ -304,7 +300,7 @@ def launch_slurm(args: argparse.Namespace, wargv: list[str], out: Path, note: Ca
     import submitit
 
     jobs = args.jobs or 1
-    folder = Path(out).resolve() / SLURM_DIRNAME
+    folder = RunsFolder(Path(out).resolve()).slurm_logs
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     extra = slurm_args(args.slurm_arg)
     if args.slurm_time is not None:
