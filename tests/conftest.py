@@ -112,3 +112,22 @@ def split_sizes() -> dict[str, int]:
 def make_tiny_vit():
     """The ``tiny_vit`` factory as a fixture: ``make_tiny_vit(num_classes, img_size=32, **timm_kwargs)``."""
     return tiny_vit
+
+
+# a two-epoch run of a tiny random-init ViT on vtab_root's eurosat: seconds on a CPU
+TINY_RUN = ["--suite", "vtab1k", "--backbone", "vit_tiny_patch16_224", "--weights", "none", "--img-size", "32",
+            "--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "bench_steps=1", "--set", "bench_warmup=0",
+            "--no-report"]
+
+
+def _tiny_run_argv(vtab_root: Path, out: Path, *extra: str, methods: str = "full") -> list[str]:
+    return ["run", *TINY_RUN, "--methods", methods, "--tasks", "eurosat", "--data-root", str(vtab_root),
+            "--out", str(out), *extra]
+
+
+@pytest.fixture
+def tiny_run_argv():
+    """``peftbench run`` arguments for a tiny run: ``tiny_run_argv(vtab_root, out, *extra, methods="full")``;
+    ``tiny_run_argv.options`` are the options alone (suite, backbone, two epochs, no report)."""
+    _tiny_run_argv.options = list(TINY_RUN)
+    return _tiny_run_argv
