@@ -124,7 +124,27 @@ def test_probability_of_improvement_and_per_task_intervals():
     assert c.p_improvement == pytest.approx(0.75)
     assert c.diffs == {"x": 10.0, "y": 0.0}
     assert c.diff_ci["x"][0] > 0 and c.diff_ci["y"][0] < 0 < c.diff_ci["y"][1]
-    assert c.verdict == "no detectable difference at 2 seed(s) and 2 tasks"
+    # one non-zero task difference: the signed-rank test cannot go below p = 1, and the verdict says so
+    assert c.verdict == ("no detectable difference at 2 seed(s) and 2 tasks (too few tasks to tell: the "
+                         "signed-rank test cannot go below p = 1 over them; the per-task intervals describe these "
+                         "tasks)")
+
+
+@pytest.mark.parametrize("n, floor", [(1, 1.0), (5, 0.0625), (6, 0.03125), (19, 2.0 ** -18)])
+def test_smallest_signed_rank_p_is_what_scipy_gives_when_every_difference_agrees(n, floor):
+    diffs = np.arange(1, n + 1, dtype=float)  # all positive, no ties: the exact test's extreme
+    assert stats.smallest_signed_rank_p(n) == pytest.approx(floor)
+    assert stats.signed_rank_p(diffs) == pytest.approx(floor)
+
+
+def test_a_large_gap_over_five_tasks_is_no_evidence_and_says_why():
+    a = {t: {0: 80.0 + i, 1: 81.0 + i} for i, t in enumerate("vwxyz")}
+    b = {t: {0: 50.0, 1: 51.0} for t in "vwxyz"}
+    c = stats.compare("a", "b", a, b)
+    assert c.p_improvement == 1.0 and c.wilcoxon_p == pytest.approx(0.0625)
+    assert c.verdict.startswith("no detectable difference at 2 seed(s) and 5 tasks (too few tasks to tell: ")
+    six = stats.compare("a", "b", {**a, "u": {0: 90.0, 1: 91.0}}, {**b, "u": {0: 50.0, 1: 51.0}})
+    assert six.verdict == "a better"  # 6 tasks of one sign: p = 0.03125
 
 
 def test_rank_test_names_friedman_and_holm():

@@ -182,13 +182,25 @@ class Comparison:
     verdict: str
 
 
+def smallest_signed_rank_p(n: int) -> float:
+    """The smallest two-sided p-value the exact signed-rank test can give over ``n`` non-zero differences
+    (every difference of one sign): 2 / 2**n. Over 5 tasks that is 0.0625: no difference can be detected."""
+    return min(1.0, 2.0 ** (1 - n))
+
+
 def verdict(a: str, b: str, diffs: Sequence[float], seeds: int) -> tuple[str, float]:
     """('A better' / 'B better' / 'no detectable difference ...', two-sided Wilcoxon p) over per-task
-    mean differences A − B."""
+    mean differences A − B. Where the tasks are too few for the test to reach α at all, the verdict says
+    so, so that a large gap on few tasks does not read as evidence of no difference."""
     p = signed_rank_p(diffs)
     if p < ALPHA:
         return (f"{a} better" if float(np.median(diffs)) > 0 else f"{b} better"), p
-    return f"no detectable difference at {seeds} seed(s) and {len(diffs)} tasks", p
+    text = f"no detectable difference at {seeds} seed(s) and {len(diffs)} tasks"
+    floor = smallest_signed_rank_p(int(np.count_nonzero(np.asarray(diffs, float))))
+    if floor >= ALPHA:
+        text += (f" (too few tasks to tell: the signed-rank test cannot go below p = {floor:.3g} over them; "
+                 "the per-task intervals describe these tasks)")
+    return text, p
 
 
 def compare(a: str, b: str, cells_a: dict[str, Seeds], cells_b: dict[str, Seeds],
