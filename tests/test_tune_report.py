@@ -8,6 +8,7 @@ The report-only checks use hand-made records.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,36 @@ def test_search_values_from_a_suite_file_reach_the_method_typed():
     assert sets == ((None, "lr", 0.01), ("lora", "targets", ("q", "k", "v")))
     tcfg, mcfg, _ = resolve(get_method("lora"), "digits", load_suite("mini", None), list(sets))
     assert tcfg.lr == 0.01 and tuple(mcfg.targets) == ("q", "k", "v")
+
+
+def _tuned_two_tasks(seeds: int) -> list[dict]:
+    """lora far above bitfit on digits, level with it on texture; ``seeds`` final seeds each."""
+    scores = {("lora", "digits"): [60.0, 61.0, 59.5], ("bitfit", "digits"): [40.0, 41.2, 39.6],
+              ("lora", "texture"): [50.0, 51.0, 49.0], ("bitfit", "texture"): [49.5, 50.8, 49.6]}
+    runs = []
+    for (method, task), tests in scores.items():
+        trial = record(method, "trial", f"t-{method}-{task}", val=tests[0])
+        finals = [record(method, "final", f"f-{method}-{task}-{s}", test=tests[s], seed=s, trials=[trial["run_id"]])
+                  for s in range(seeds)]
+        for r in (trial, *finals):
+            r["task"] = task
+        runs += [trial, *finals]
+    return runs
+
+
+def test_tuned_table_bolds_the_methods_tied_with_the_best_and_gives_the_mean_its_interval():
+    text = "\n".join(render_tuned(tuned_tables(_tuned_two_tasks(3))))
+    # digits: bitfit is 20 points below with three seeds (not bold); texture: level (both bold); the mean over
+    # two tasks cannot be separated by the signed-rank test (both bold), and carries a bootstrap interval
+    interval = r" \[[\d.]+, [\d.]+\]"
+    lora = r"\| lora \| \*\*60\.17 ± 0\.76\*\* \| \*\*50\.00 ± 1\.00\*\* \| \*\*55\.08"
+    assert re.search(lora + interval + r"\*\* \|", text), text
+    bitfit = r"\| bitfit \| 40\.27 ± 0\.83 \| \*\*49\.97 ± 0\.72\*\* \| \*\*45\.12"
+    assert re.search(bitfit + interval + r"\*\* \|", text), text
+    assert "Bold: tied with the best of the column" in text and "One seed per run" not in text
+
+
+def test_tuned_table_with_one_final_seed_bolds_nothing_in_a_task_and_says_why():
+    text = "\n".join(render_tuned(tuned_tables(_tuned_two_tasks(1))))
+    assert "| lora | 60.00 | 50.00 |" in text and "| bitfit | 40.00 | 49.50 |" in text  # no interval, no bold
+    assert "tune with `--final-seeds 3`" in text

@@ -18,6 +18,7 @@ from ..data.tasks import suite_tasks
 from ..errors import UsageError
 from ..selection import choose, fmt_value, is_tune_record, search_values, val_top1
 from .setting import data_source_of
+from .stats import BOLD_NOTE, ONE_SEED_NOTE, average_interval, tied_in_average, tied_in_task
 
 
 def is_tuned(record: dict) -> bool:
@@ -213,6 +214,33 @@ def _fmt_test(cell: TunedCell | None) -> str:
     return f"{cell.test_mean:.2f}{std}"
 
 
+def _fmt_mean(cells: list[TunedCell | None]) -> str:
+    """The mean over the tasks of the chosen configurations' test top-1, with its interval where there is one."""
+    tested = [c for c in cells if c is not None and c.test]
+    if not tested:
+        return "–"
+    text = f"{fmean(c.test_mean for c in tested):.2f}"
+    if len(tested) < len(cells):
+        return text + f" ({len(tested)}/{len(cells)})"
+    ci = average_interval([c.test for c in tested])
+    return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else "")
+
+
+def _ties(table: TunedTable) -> dict[str, set[str]]:
+    """Per task column, and for the mean ('mean'): the methods tied with the best (see stats)."""
+    methods = table.shown_methods
+    ties = {t: tied_in_task({m: table.cells[(m, t)].test for m in methods if (m, t) in table.cells})
+            for t in table.tasks}
+    complete = [m for m in methods if all((m, t) in table.cells and table.cells[(m, t)].test for t in table.tasks)]
+    task_means = {m: {t: table.cells[(m, t)].test_mean for t in table.tasks} for m in complete}
+    ties["mean"] = tied_in_average({m: fmean(task_means[m].values()) for m in complete}, task_means)
+    return ties
+
+
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
+
+
 def _hours(seconds: dict[str, float]) -> str:
     return ", ".join(f"{s / 3600:.3f} {kind}-h" for kind, s in sorted(seconds.items())) or "0"
 
@@ -233,15 +261,20 @@ def render_tuned(tables: list[TunedTable]) -> list[str]:
         if not table.shown_methods:
             out += [f"- {why}" for why in table.failed.values()] + [""]
             continue
+        ties = _ties(table)
         out += ["| method | " + " | ".join(table.tasks) + " | mean |",
                 "|:---|" + "---:|" * (len(table.tasks) + 1)]
         for method in table.shown_methods:
             cells = [table.cells.get((method, t)) for t in table.tasks]
-            means = [c.test_mean for c in cells if c is not None and c.test_mean is not None]
-            mean = f"{fmean(means):.2f}" + ("" if len(means) == len(table.tasks) else
-                                            f" ({len(means)}/{len(table.tasks)})") if means else "–"
-            out.append(f"| {method} | " + " | ".join(_fmt_test(c) for c in cells) + f" | {mean} |")
-        out += ["", "Test top-1 (%) of the chosen configuration: mean ± sample std over the final seeds.", ""]
+            texts = [_bold(_fmt_test(c), method in ties.get(t, ())) for c, t in zip(cells, table.tasks)]
+            out.append(f"| {method} | " + " | ".join(texts) + f" | {_bold(_fmt_mean(cells), method in ties['mean'])} |")
+        out += ["", "- Test top-1 (%) of the chosen configuration: mean ± sample std over the final seeds; the mean "
+                "over the tasks with a 95% interval [low, high] from a stratified bootstrap (each task's final seeds "
+                "resampled, the tasks fixed) where every task has 2 or more final seeds.", f"- {BOLD_NOTE}"]
+        seeds = [len(c.test) for (m, _), c in table.cells.items() if c.test and m in table.shown_methods]
+        if seeds and max(seeds) < 2:
+            out.append(f"- {ONE_SEED_NOTE.replace('run `--seeds 0,1,2`', 'tune with `--final-seeds 3`')}")
+        out += [""]
         out += ["| method | task | chosen | val200 top-1 (chose it) | trials scored | test top-1 | seeds |",
                 "|:---|:---|:---|---:|---:|---:|---:|"]
         for method in table.shown_methods:
