@@ -325,11 +325,13 @@ def _write_report(runs_dir: Path, out: Path, reference: bool, console: Console, 
 
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .report import read_tables
-    from .report.compare import compare_lines
+    from .report.compare import compare_lines, of_tuned
+    from .report.tuned import tuned_tables
 
-    tables, _, _ = read_tables(args.runs, reference=False,
-                               on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False))
-    for line in compare_lines(tables, args.method_a, args.method_b):
+    tables, records, _ = read_tables(args.runs, reference=False,
+                                     on_problem=lambda msg: console.print(f"warning: skipped {msg}", markup=False))
+    views = [*tables, *(of_tuned(t, n) for n, t in enumerate(tuned_tables(records), start=1))]
+    for line in compare_lines(views, args.method_a, args.method_b):
         console.print(line, markup=False, highlight=False)
     return 0
 

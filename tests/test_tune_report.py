@@ -243,3 +243,21 @@ def test_tuned_table_with_one_final_seed_bolds_nothing_in_a_task_and_says_why():
     text = "\n".join(render_tuned(tuned_tables(_tuned_two_tasks(1))))
     assert "| lora | 60.00 | 50.00 |" in text and "| bitfit | 40.00 | 49.50 |" in text  # no interval, no bold
     assert "tune with `--final-seeds 3`" in text
+
+
+def test_compare_and_pairwise_read_the_tuned_finals(tmp_path):
+    from peftbench.report.compare import compare_lines, of_tuned
+
+    runs = _tuned_two_tasks(3)
+    (table,) = tuned_tables(runs)
+    lines = compare_lines([of_tuned(table, 1)], "lora", "bitfit")
+    assert lines[0].startswith("Tuned table 1: ") and lines[0].endswith("(final runs of the chosen configurations)")
+    assert any(line.split()[:2] == ["digits", "+19.9"] for line in lines), lines
+    assert lines[-1].startswith("Verdict: no detectable difference at 3 seed(s) and 2 tasks (too few tasks to tell")
+    out = tmp_path / "runs"
+    for rec in runs:
+        write_record(record_path(out, rec), rec)
+    assert main(["compare", "lora", "bitfit", "--runs", str(out)]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    pairs = (tmp_path / "rep" / "pairwise.csv").read_text().splitlines()
+    assert len(pairs) == 2 and pairs[1].startswith("tuned 1,bitfit,lora,2,3,")

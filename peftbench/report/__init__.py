@@ -58,7 +58,7 @@ from ..atomic import staged_folder, write_problem
 from ..errors import PeftbenchError, UsageError
 from ..records import finite, load_records, to_dataframe
 from .aggregate import Average, Cell, Row, Table, load_reference, make_row, status_counts, summary_tables
-from .compare import PAIRWISE_COLUMNS, pairwise_rows
+from .compare import PAIRWISE_COLUMNS, of_tuned, pairwise_rows
 from .export import summary_csv, summary_json, table_rows_flat
 from .latex import render_latex
 from .markdown import markdown_table, render_markdown, render_status, table_columns
@@ -156,7 +156,8 @@ def _write_files(folder: Path, tables: list[Table], records: list[dict], problem
         data["tuned"] = tuned_json(tuned)
     (folder / "summary.json").write_text(json.dumps(finite(data), indent=2, default=_json_default) + "\n")
     to_dataframe(records).to_csv(folder / "records.csv", index=False)
-    pd.DataFrame([row for t in tables for row in pairwise_rows(t)],
+    views = [*tables, *(of_tuned(t, n) for n, t in enumerate(tuned, start=1))]
+    pd.DataFrame([row for t in views for row in pairwise_rows(t)],
                  columns=PAIRWISE_COLUMNS).to_csv(folder / "pairwise.csv", index=False)
     if tuned:
         pd.DataFrame(tuned_rows(tuned)).to_csv(folder / "tuned.csv", index=False)
