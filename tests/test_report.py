@@ -336,3 +336,12 @@ def test_peak_memory_per_run_old_lifetime_figures_and_unmeasured_runs_are_told_a
     old = make_record("linear", "cifar100", 0, 50.0)
     old["metrics"]["peak_mem_kind"] = "process_peak_rss"
     assert "is the sweep process's lifetime high-water mark" in "\n".join(_table1([old]))
+
+
+def test_one_checkpoint_from_two_install_paths_is_named_once_in_the_title():
+    from peftbench.report.aggregate import summary_tables
+
+    recs = [make_record("linear", "dtd", 0, 50.0, weights="/a/resources/mini_vit.safetensors"),
+            make_record("full", "dtd", 0, 60.0, weights="/b/resources/mini_vit.safetensors")]
+    (table,) = summary_tables(recs)  # one checksum: one table
+    assert "(weights mini_vit.safetensors, checksum " in table.title()

@@ -238,7 +238,9 @@ class Table:
     def title(self) -> str:
         s = self.setting
         size = "×".join(str(v) for v in s.img_size) or "?"
-        weights = ", ".join(w if w in ("none", "pretrained") else Path(w).name for w in self.weights_names)
+        # one name per file name: the same checkpoint from two install paths (the checksum is the table's key)
+        names = dict.fromkeys(w if w in ("none", "pretrained") else Path(w).name for w in self.weights_names)
+        weights = ", ".join(names)
         checksum = f", checksum {s.weights[:12]}" if s.weights and s.weights not in self.weights_names else ""
         metric = "val200 top-1" if self.metric == "val_top1" else "test top-1"
         flag = "⚠ RANDOM-INIT BACKBONE (weights: none) — " if self.random_init else ""
