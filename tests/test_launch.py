@@ -357,3 +357,21 @@ def test_a_job_array_that_sbatch_refuses_is_one_clear_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --launcher slurm: sbatch refused the job array: sbatch: error: Batch job submission failed: "
         "Invalid partition name specified")
+
+
+def test_workers_run_this_peftbench_whatever_the_working_directory_holds(tmp_path):
+    """Started inside another checkout, `python -m peftbench.cli` would import that checkout's peftbench."""
+    import subprocess
+    import sys
+
+    from peftbench.sweep.launch import worker_command
+
+    decoy = tmp_path / "peftbench"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('imported the peftbench of the working directory')\n")
+    old_way = subprocess.run([sys.executable, "-m", "peftbench.cli", "tasks"], cwd=tmp_path, capture_output=True,
+                             text=True)
+    assert "imported the peftbench of the working directory" in old_way.stderr  # the trap is real
+    ours = subprocess.run(worker_command(["tasks"]), cwd=tmp_path, capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stderr
+    assert "digits" in ours.stdout  # the mini suite's task table, from this peftbench

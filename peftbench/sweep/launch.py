@@ -23,6 +23,21 @@ from pathlib import Path
 from ..errors import UsageError
 from ..layout import RunsFolder
 
+# A worker runs the same peftbench as the process that started it: `python -m peftbench.cli` would put the
+# working directory first on sys.path, so started inside another checkout of peftbench it would import that
+# one (an older version, say). The boot line drops the working directory ('' under -c) and puts the folder
+# that holds this peftbench package first instead.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER_BOOT = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p]; "
+                "from peftbench.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def worker_command(wargv: list[str]) -> list[str]:
+    """The command line of a worker process: this peftbench's CLI with ``wargv``, whatever the working
+    directory holds."""
+    return [sys.executable, "-c", _WORKER_BOOT, _PACKAGE_ROOT, *wargv]
+
+
 LAUNCHER_ENV = "PEFTBENCH_LAUNCHER"  # the --launcher used when none is given (default auto)
 WORKER_MEMORY = 2 << 30  # bytes of available memory that auto asks per local worker (a mini-suite run peaks at ~1 GiB)
 
@@ -227,7 +242,7 @@ def _run_local_workers(wargv: list[str], out: Path, envs: list[dict[str, str]], 
         with open(logs / f"worker{i}.log", "a") as log:  # appended: a rerun keeps the earlier attempt's log
             log.write(f"=== worker {i} started {time.strftime('%Y-%m-%d %H:%M:%S')}: peftbench {' '.join(wargv)}\n")
             log.flush()  # the child keeps its own descriptor
-            procs.append(subprocess.Popen([sys.executable, "-m", "peftbench.cli", *wargv], stdin=subprocess.DEVNULL,
+            procs.append(subprocess.Popen(worker_command(wargv), stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra}))
         where = f"GPU {extra['CUDA_VISIBLE_DEVICES']}" if extra["CUDA_VISIBLE_DEVICES"] else \
             f"CPU, {extra['OMP_NUM_THREADS']} thread(s)"
@@ -287,7 +302,7 @@ def run_worker(argv: list[str], cwd: str) -> int:
     if "--worker-id" not in argv:
         argv = [*argv, "--worker-id", f"slurm-{task}@{socket.gethostname()}"]
     sys.stdout.flush()
-    code = subprocess.run([sys.executable, "-m", "peftbench.cli", *argv], cwd=cwd, stdin=subprocess.DEVNULL).returncode
+    code = subprocess.run(worker_command(argv), cwd=cwd, stdin=subprocess.DEVNULL).returncode
     if code < 0:
         raise RuntimeError(f"worker of array element {task} was killed by signal {-code}")
     return code
