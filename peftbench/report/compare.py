@@ -39,9 +39,12 @@ def of_tuned(table: TunedTable, number: int) -> Compared:
                     "configurations)", "test_top1", seeds)
 
 
-def compare_in_table(table: Table | Compared, a: str, b: str, with_intervals: bool = True) -> Comparison:
-    view = table if isinstance(table, Compared) else of_table(table)
-    return compare(a, b, view.seeds[a], view.seeds[b], with_intervals=with_intervals)
+def _view(table: Table | Compared) -> Compared:
+    return table if isinstance(table, Compared) else of_table(table)
+
+
+def compare_in_table(table: Compared, a: str, b: str, with_intervals: bool = True) -> Comparison:
+    return compare(a, b, table.seeds[a], table.seeds[b], with_intervals=with_intervals)
 
 
 def _interval(ci: tuple[float, float] | None, fmt: str = "+.1f") -> str:
@@ -69,7 +72,7 @@ PAIRWISE_COLUMNS = ["table", "a", "b", "tasks", "seeds", "mean_diff", "p_improve
 
 def pairwise_rows(table: Table | Compared) -> list[dict]:
     """Every pair of our methods in the table that share a completed task: report/pairwise.csv."""
-    table = table if isinstance(table, Compared) else of_table(table)
+    table = _view(table)
     methods = sorted(table.seeds)
     rows = []
     for i, a in enumerate(methods):
@@ -90,7 +93,7 @@ def compare_lines(tables: list[Table | Compared], a: str, b: str) -> list[str]:
     """``peftbench compare``: one block per table that holds both methods; UsageError when none does."""
     if a == b:
         raise UsageError(f"compare: give two different methods (got '{a}' twice)")
-    views = [t if isinstance(t, Compared) else of_table(t) for t in tables]
+    views = [_view(t) for t in tables]
     both = [t for t in views if {a, b} <= set(t.seeds)]
     if not both:
         present = sorted({m for t in views for m in t.seeds})
